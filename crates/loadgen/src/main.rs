@@ -1,0 +1,3 @@
+//! PerfTest-style load generator.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Exchanges and bindings: for a published message, the set of queues it goes to. No I/O.

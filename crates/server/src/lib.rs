@@ -1,0 +1,1 @@
+//! The Warren broker as a library, so tests can start it in-process.
