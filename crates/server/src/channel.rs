@@ -170,6 +170,8 @@ pub struct Channel {
     /// `basic.qos` with `global = false`: the prefetch new consumers get.
     consumer_prefetch: u32,
     mode: Mode,
+    /// Scratch space for routing, reused from one publish to the next.
+    route_buf: warren_router::RouteBuf<Arc<QueueEntity>>,
 }
 
 impl Channel {
@@ -191,6 +193,7 @@ impl Channel {
             consumers: HashMap::new(),
             consumer_prefetch: 0,
             mode: Mode::Plain,
+            route_buf: warren_router::RouteBuf::new(),
         }
     }
 
@@ -788,9 +791,14 @@ impl Channel {
 
     fn route(&mut self, publish: Publish, ctx: &mut ConnCtx<'_>) -> Result<(), AmqpError> {
         let n = self.number;
-        let queues = ctx.vhost.route(&publish.exchange, &publish.routing_key, publish.properties.headers.as_ref())?;
+        ctx.vhost.route(
+            &publish.exchange,
+            &publish.routing_key,
+            publish.properties.headers.as_ref(),
+            &mut self.route_buf,
+        )?;
         let persistent = publish.properties.delivery_mode == Some(2);
-        if queues.is_empty() {
+        if self.route_buf.is_empty() {
             if publish.mandatory {
                 // The return goes out before this message's confirm.
                 self.flush_confirms(ctx.out);
@@ -807,10 +815,15 @@ impl Channel {
             }
         } else {
             let message = Arc::new(
-                Message::new(publish.exchange, publish.routing_key, publish.raw_properties, publish.body)
-                    .with_persistent(persistent),
+                Message::new(
+                    publish.exchange,
+                    publish.routing_key,
+                    publish.raw_properties,
+                    publish.body,
+                )
+                .with_persistent(persistent),
             );
-            for queue in &queues {
+            for queue in self.route_buf.drain() {
                 queue.publish(Arc::clone(&message));
             }
         }

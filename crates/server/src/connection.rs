@@ -379,9 +379,10 @@ impl Connection {
             Frame::Method { channel, method } => self.channel_method(channel, method),
             Frame::Header { channel, header } => self.channel_header(channel, header),
             Frame::Body { channel, payload } => {
+                let broker = Arc::clone(&self.broker);
                 let result = match self.channel_mut(channel) {
                     Some(ch) if ch.closing => return Ok(()),
-                    Some(ch) => ch.recv_body(payload, &self.broker.config.limits),
+                    Some(ch) => ch.recv_body(payload, &broker.config.limits),
                     None => {
                         return Err(ConnectionError::channel_error(format!(
                             "expected 'channel.open' on channel {channel}"
@@ -398,9 +399,10 @@ impl Connection {
     }
 
     fn channel_header(&mut self, channel: u16, header: ContentHeader) -> Result<(), ConnectionError> {
+        let broker = Arc::clone(&self.broker);
         let result = match self.channel_mut(channel) {
             Some(ch) if ch.closing => return Ok(()),
-            Some(ch) => ch.recv_header(header, &self.broker.config.limits),
+            Some(ch) => ch.recv_header(header, &broker.config.limits),
             None => {
                 return Err(ConnectionError::channel_error(format!(
                     "expected 'channel.open' on channel {channel}"
