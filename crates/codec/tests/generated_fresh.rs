@@ -1,13 +1,14 @@
-//! Fails when `src/generated.rs` no longer matches what `crates/codegen` produces from the spec.
+//! Fails when `src/generated.rs` or `tests/support/strategies.rs` no longer match what
+//! `crates/codegen` produces from the spec.
+
+// Helpers here run only under #[test]; a panic is a failed assertion.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
-#[test]
-fn generated_rs_is_up_to_date() {
+fn check_fresh(relative: &str, expected: String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let spec = std::fs::read_to_string(root.join(warren_codegen::SPEC_PATH)).unwrap();
-    let expected = warren_codegen::generate_formatted(&spec).unwrap();
-    let actual = std::fs::read_to_string(root.join(warren_codegen::OUTPUT_PATH)).unwrap();
+    let actual = std::fs::read_to_string(root.join(relative)).unwrap();
     if expected != actual {
         let line = expected
             .lines()
@@ -15,11 +16,27 @@ fn generated_rs_is_up_to_date() {
             .position(|(a, b)| a != b)
             .map_or_else(|| "the end".to_owned(), |n| format!("line {}", n + 1));
         panic!(
-            "{} is stale (first difference at {line}); refresh it with `{}`",
-            warren_codegen::OUTPUT_PATH,
+            "{relative} is stale (first difference at {line}); refresh it with `{}`",
             warren_codegen::REFRESH_COMMAND
         );
     }
+}
+
+fn spec() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::read_to_string(root.join(warren_codegen::SPEC_PATH)).unwrap()
+}
+
+#[test]
+fn generated_rs_is_up_to_date() {
+    let expected = warren_codegen::generate_formatted(&spec()).unwrap();
+    check_fresh(warren_codegen::OUTPUT_PATH, expected);
+}
+
+#[test]
+fn generated_strategies_are_up_to_date() {
+    let expected = warren_codegen::generate_strategies_formatted(&spec()).unwrap();
+    check_fresh(warren_codegen::STRATEGIES_PATH, expected);
 }
 
 #[test]
