@@ -167,7 +167,9 @@ impl RawClient {
     /// Reads raw bytes until at least `n` are there or EOF; returns what was read.
     pub async fn read_bytes(&mut self, n: usize) -> Vec<u8> {
         while self.buf.len() < n {
-            let got = within(5, self.stream.read_buf(&mut self.buf)).await.expect("read");
+            let got = within(5, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("read");
             if got == 0 {
                 break;
             }
@@ -179,7 +181,8 @@ impl RawClient {
     pub async fn read_frame(&mut self) -> Option<RawFrame> {
         loop {
             if self.buf.len() >= 7 {
-                let size = u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]) as usize;
+                let size = u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]])
+                    as usize;
                 if self.buf.len() >= size + 8 {
                     let bytes = self.buf.split_to(size + 8);
                     assert_eq!(bytes[size + 7], 0xCE, "frame end");
@@ -206,7 +209,11 @@ impl RawClient {
             if frame.kind == 8 {
                 continue;
             }
-            assert_eq!(frame.method_id(), Some((class, method_id)), "unexpected frame {frame:?}");
+            assert_eq!(
+                frame.method_id(),
+                Some((class, method_id)),
+                "unexpected frame {frame:?}"
+            );
             return frame;
         }
     }
@@ -214,7 +221,9 @@ impl RawClient {
     /// Whether the broker closed the socket (EOF) within a few seconds.
     pub async fn closed_by_peer(&mut self) -> bool {
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf)).await {
+            match tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
+                .await
+            {
                 Ok(Ok(0)) | Ok(Err(_)) => return true,
                 Ok(Ok(_)) => continue,
                 Err(_) => return false,
@@ -224,14 +233,25 @@ impl RawClient {
 
     /// Sends the protocol header and runs the handshake as guest with these tune values,
     /// up to open-ok. Returns the tune the server proposed (channel_max, frame_max, heartbeat).
-    pub async fn handshake(addr: SocketAddr, channel_max: u16, frame_max: u32, heartbeat: u16) -> RawClient {
+    pub async fn handshake(
+        addr: SocketAddr,
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    ) -> RawClient {
         let mut client = RawClient::connect(addr).await;
         client.send(b"AMQP\x00\x00\x09\x01").await;
         client.expect_method(10, 10).await;
         client.send_start_ok(b"\0guest\0guest", true).await;
         client.expect_method(10, 30).await;
         client.send_tune_ok(channel_max, frame_max, heartbeat).await;
-        client.send(&frame(1, 0, &method(10, 40, &[shortstr("/"), shortstr(""), vec![0]].concat()))).await;
+        client
+            .send(&frame(
+                1,
+                0,
+                &method(10, 40, &[shortstr("/"), shortstr(""), vec![0]].concat()),
+            ))
+            .await;
         client.expect_method(10, 41).await;
         client
     }
@@ -268,7 +288,8 @@ impl RawClient {
 
     /// Opens channel `n` and waits for open-ok.
     pub async fn open_channel(&mut self, n: u16) {
-        self.send(&frame(1, n, &method(20, 10, &shortstr("")))).await;
+        self.send(&frame(1, n, &method(20, 10, &shortstr(""))))
+            .await;
         self.expect_method(20, 11).await;
     }
 }

@@ -109,8 +109,12 @@ fn parse_amqplain(mut response: &[u8]) -> Result<Credentials, SaslError> {
     let mut password = None;
     while !response.is_empty() {
         let (&key_len, rest) = response.split_first().ok_or(SaslError::Malformed)?;
-        let key = rest.get(..usize::from(key_len)).ok_or(SaslError::Malformed)?;
-        let rest = rest.get(usize::from(key_len)..).ok_or(SaslError::Malformed)?;
+        let key = rest
+            .get(..usize::from(key_len))
+            .ok_or(SaslError::Malformed)?;
+        let rest = rest
+            .get(usize::from(key_len)..)
+            .ok_or(SaslError::Malformed)?;
         let (&kind, rest) = rest.split_first().ok_or(SaslError::Malformed)?;
         let (value, rest) = match kind {
             b'S' => {
@@ -127,7 +131,10 @@ fn parse_amqplain(mut response: &[u8]) -> Result<Credentials, SaslError> {
             b's' => {
                 let (&len, rest) = rest.split_first().ok_or(SaslError::Malformed)?;
                 let value = rest.get(..usize::from(len)).ok_or(SaslError::Malformed)?;
-                (value, rest.get(usize::from(len)..).ok_or(SaslError::Malformed)?)
+                (
+                    value,
+                    rest.get(usize::from(len)..).ok_or(SaslError::Malformed)?,
+                )
             }
             _ => return Err(SaslError::Malformed),
         };
@@ -174,8 +181,14 @@ mod tests {
         let c = parse_response(b"PLAIN", b"\0guest\0pw").unwrap();
         assert_eq!(c.username, b"guest");
         assert_eq!(c.password, b"pw");
-        assert_eq!(parse_response(b"PLAIN", b"guest\0pw"), Err(SaslError::Malformed));
-        assert_eq!(parse_response(b"PLAIN", b"\0guest"), Err(SaslError::Malformed));
+        assert_eq!(
+            parse_response(b"PLAIN", b"guest\0pw"),
+            Err(SaslError::Malformed)
+        );
+        assert_eq!(
+            parse_response(b"PLAIN", b"\0guest"),
+            Err(SaslError::Malformed)
+        );
         assert_eq!(parse_response(b"PLAIN", b""), Err(SaslError::Malformed));
         assert!(matches!(
             parse_response(b"CRAM-MD5", b""),

@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use warren_codec::generated as m;
 use warren_codec::{FieldTable, FieldValue, ReplyCode, ShortString};
 use warren_router::{
-    Binding, Destination, ExchangeDef, ExchangeKind, RouteBuf, RouteOutcome, RouterError,
-    Topology,
+    Binding, Destination, ExchangeDef, ExchangeKind, RouteBuf, RouteOutcome, RouterError, Topology,
 };
 
 use crate::config::Config;
@@ -40,7 +39,12 @@ impl Broker {
         let vhosts = config
             .vhosts
             .iter()
-            .map(|name| (name.clone(), Arc::new(VHost::new(name, Arc::clone(&memory)))))
+            .map(|name| {
+                (
+                    name.clone(),
+                    Arc::new(VHost::new(name, Arc::clone(&memory))),
+                )
+            })
             .collect();
         Broker {
             config,
@@ -255,7 +259,11 @@ impl VHost {
         }
     }
 
-    fn check_equivalent(&self, queue: &QueueEntity, declare: &QueueDeclare) -> Result<(), AmqpError> {
+    fn check_equivalent(
+        &self,
+        queue: &QueueEntity,
+        declare: &QueueDeclare,
+    ) -> Result<(), AmqpError> {
         let flag = |name: &str, received: bool, current: bool| -> Result<(), AmqpError> {
             if received == current {
                 return Ok(());
@@ -391,7 +399,8 @@ impl VHost {
             let mut keys: Vec<&[u8]> = Vec::with_capacity(extra.len() + 1);
             keys.push(routing_key.as_bytes());
             keys.extend(extra);
-            self.topology.route(exchange.as_bytes(), &keys, headers, out)
+            self.topology
+                .route(exchange.as_bytes(), &keys, headers, out)
         };
         match outcome {
             RouteOutcome::ExchangeNotFound => Err(self.no_exchange(exchange)),

@@ -69,7 +69,9 @@ pub struct Publish {
     body: Bytes,
 }
 
-/// Content assembly in progress.
+/// Content assembly in progress. Kept inline (not boxed): one per channel, and boxing would
+/// cost an allocation per publish.
+#[allow(clippy::large_enum_variant)]
 enum Assembly {
     Idle,
     Header(m::BasicPublish),
@@ -104,7 +106,11 @@ impl BodyParts {
             BodyParts::One(first) => {
                 // Capacity from what arrived, not from the declared size: a client that declares
                 // a large body and sends little costs little.
-                let mut buf = BytesMut::with_capacity((first.len() * 4).min(body_size).max(first.len() + payload.len()));
+                let mut buf = BytesMut::with_capacity(
+                    (first.len() * 4)
+                        .min(body_size)
+                        .max(first.len() + payload.len()),
+                );
                 buf.extend_from_slice(&first);
                 buf.extend_from_slice(&payload);
                 BodyParts::Many(buf)
@@ -205,7 +211,8 @@ impl Channel {
         header: ContentHeader,
         limits: &Limits,
     ) -> Result<Option<Publish>, AmqpError> {
-        let Assembly::Header(publish) = std::mem::replace(&mut self.assembly, Assembly::Idle) else {
+        let Assembly::Header(publish) = std::mem::replace(&mut self.assembly, Assembly::Idle)
+        else {
             return Err(ConnectionError::unexpected_frame(format!(
                 "unexpected content header frame on channel {}",
                 self.number
@@ -290,7 +297,11 @@ impl Channel {
     // ===== Methods =====
 
     /// One method on this channel (other than open/close, which the connection handles).
-    pub fn recv_method(&mut self, method: Method, ctx: &mut ConnCtx<'_>) -> Result<After, AmqpError> {
+    pub fn recv_method(
+        &mut self,
+        method: Method,
+        ctx: &mut ConnCtx<'_>,
+    ) -> Result<After, AmqpError> {
         if !matches!(self.assembly, Assembly::Idle) {
             return Err(ConnectionError::unexpected_frame(format!(
                 "expected content header for class 60, got non content header frame instead (channel {})",
@@ -306,7 +317,9 @@ impl Channel {
                 }
                 self.assembly = Assembly::Header(publish);
             }
-            Method::BasicAck(ack) => self.recv_ack(AckKind::Ack, ack.delivery_tag, ack.multiple, ctx)?,
+            Method::BasicAck(ack) => {
+                self.recv_ack(AckKind::Ack, ack.delivery_tag, ack.multiple, ctx)?
+            }
             Method::BasicNack(nack) => self.recv_ack(
                 AckKind::Reject {
                     requeue: nack.requeue,
@@ -404,7 +417,9 @@ impl Channel {
             }
             Method::TxCommit(_) => {
                 let Mode::Tx { publishes, acks } = &mut self.mode else {
-                    return Err(ChannelError::precondition_failed("channel is not transactional").into());
+                    return Err(
+                        ChannelError::precondition_failed("channel is not transactional").into(),
+                    );
                 };
                 let publishes = std::mem::take(publishes);
                 let acks = std::mem::take(acks);
@@ -418,7 +433,9 @@ impl Channel {
             }
             Method::TxRollback(_) => {
                 let Mode::Tx { publishes, acks } = &mut self.mode else {
-                    return Err(ChannelError::precondition_failed("channel is not transactional").into());
+                    return Err(
+                        ChannelError::precondition_failed("channel is not transactional").into(),
+                    );
                 };
                 publishes.clear();
                 let acks = std::mem::take(acks);
@@ -434,7 +451,12 @@ impl Channel {
                 if flow.active {
                     self.kick_queues();
                 }
-                ctx.out.method(n, m::ChannelFlowOk { active: flow.active });
+                ctx.out.method(
+                    n,
+                    m::ChannelFlowOk {
+                        active: flow.active,
+                    },
+                );
             }
             Method::ChannelFlowOk(_) => {}
             Method::ExchangeDeclare(declare) => {
@@ -445,19 +467,30 @@ impl Channel {
                 }
             }
             Method::ExchangeDelete(delete) => {
-                ctx.vhost.delete_exchange(&delete.exchange, delete.if_unused)?;
+                ctx.vhost
+                    .delete_exchange(&delete.exchange, delete.if_unused)?;
                 if !delete.nowait {
                     ctx.out.method(n, m::ExchangeDeleteOk {});
                 }
             }
             Method::ExchangeBind(bind) => {
-                ctx.vhost.bind_exchange(&bind.destination, &bind.source, &bind.routing_key, &bind.arguments)?;
+                ctx.vhost.bind_exchange(
+                    &bind.destination,
+                    &bind.source,
+                    &bind.routing_key,
+                    &bind.arguments,
+                )?;
                 if !bind.nowait {
                     ctx.out.method(n, m::ExchangeBindOk {});
                 }
             }
             Method::ExchangeUnbind(unbind) => {
-                ctx.vhost.unbind_exchange(&unbind.destination, &unbind.source, &unbind.routing_key, &unbind.arguments)?;
+                ctx.vhost.unbind_exchange(
+                    &unbind.destination,
+                    &unbind.source,
+                    &unbind.routing_key,
+                    &unbind.arguments,
+                )?;
                 if !unbind.nowait {
                     ctx.out.method(n, m::ExchangeUnbindOk {});
                 }
@@ -465,14 +498,20 @@ impl Channel {
             Method::QueueDeclare(declare) => self.recv_queue_declare(declare, ctx)?,
             Method::QueueBind(bind) => {
                 let queue = self.queue_for(&bind.queue, ctx)?;
-                ctx.vhost.bind_queue(&queue, &bind.exchange, &bind.routing_key, &bind.arguments)?;
+                ctx.vhost
+                    .bind_queue(&queue, &bind.exchange, &bind.routing_key, &bind.arguments)?;
                 if !bind.nowait {
                     ctx.out.method(n, m::QueueBindOk {});
                 }
             }
             Method::QueueUnbind(unbind) => {
                 let queue = self.queue_for(&unbind.queue, ctx)?;
-                ctx.vhost.unbind_queue(&queue, &unbind.exchange, &unbind.routing_key, &unbind.arguments)?;
+                ctx.vhost.unbind_queue(
+                    &queue,
+                    &unbind.exchange,
+                    &unbind.routing_key,
+                    &unbind.arguments,
+                )?;
                 ctx.out.method(n, m::QueueUnbindOk {});
             }
             Method::QueuePurge(purge) => {
@@ -524,7 +563,11 @@ impl Channel {
         Ok(After::Nothing)
     }
 
-    fn recv_queue_declare(&mut self, declare: m::QueueDeclare, ctx: &mut ConnCtx<'_>) -> Result<(), AmqpError> {
+    fn recv_queue_declare(
+        &mut self,
+        declare: m::QueueDeclare,
+        ctx: &mut ConnCtx<'_>,
+    ) -> Result<(), AmqpError> {
         let n = self.number;
         let name = if declare.queue.is_empty() && !declare.passive {
             generated_name("amq.gen-")
@@ -561,7 +604,11 @@ impl Channel {
         name.clone()
     }
 
-    fn queue_for(&self, name: &ShortString, ctx: &ConnCtx<'_>) -> Result<Arc<QueueEntity>, AmqpError> {
+    fn queue_for(
+        &self,
+        name: &ShortString,
+        ctx: &ConnCtx<'_>,
+    ) -> Result<Arc<QueueEntity>, AmqpError> {
         let queue = ctx.vhost.queue(name).ok_or_else(|| {
             ChannelError::not_found(format!("no queue '{name}' in vhost '{}'", ctx.vhost.name()))
         })?;
@@ -569,7 +616,11 @@ impl Channel {
         Ok(queue)
     }
 
-    fn recv_consume(&mut self, consume: m::BasicConsume, ctx: &mut ConnCtx<'_>) -> Result<After, AmqpError> {
+    fn recv_consume(
+        &mut self,
+        consume: m::BasicConsume,
+        ctx: &mut ConnCtx<'_>,
+    ) -> Result<After, AmqpError> {
         let n = self.number;
         let queue = self.queue_for(&consume.queue, ctx)?;
         let tag = if consume.consumer_tag.is_empty() {
@@ -578,7 +629,10 @@ impl Channel {
             consume.consumer_tag.clone()
         };
         if self.consumers.contains_key(&tag) {
-            return Err(ConnectionError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")).into());
+            return Err(ConnectionError::not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            ))
+            .into());
         }
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
@@ -654,7 +708,13 @@ impl Channel {
     }
 
     /// Encodes a delivery dispatched to one of this channel's consumers.
-    pub fn deliver(&mut self, consumer: &Arc<Consumer>, queue: Arc<QueueEntity>, delivery: Delivery, out: &mut Out) {
+    pub fn deliver(
+        &mut self,
+        consumer: &Arc<Consumer>,
+        queue: Arc<QueueEntity>,
+        delivery: Delivery,
+        out: &mut Out,
+    ) {
         let tag = self.next_delivery_tag;
         self.next_delivery_tag += 1;
         let message = &delivery.message;
@@ -685,7 +745,9 @@ impl Channel {
             return Ok(self.unacked.drain(..).collect());
         }
         let Ok(idx) = self.unacked.binary_search_by_key(&tag, |u| u.tag) else {
-            return Err(ChannelError::precondition_failed(format!("unknown delivery tag {tag}")).into());
+            return Err(
+                ChannelError::precondition_failed(format!("unknown delivery tag {tag}")).into(),
+            );
         };
         if multiple {
             Ok(self.unacked.drain(..=idx).collect())
@@ -694,7 +756,13 @@ impl Channel {
         }
     }
 
-    fn recv_ack(&mut self, kind: AckKind, tag: u64, multiple: bool, _ctx: &mut ConnCtx<'_>) -> Result<(), AmqpError> {
+    fn recv_ack(
+        &mut self,
+        kind: AckKind,
+        tag: u64,
+        multiple: bool,
+        _ctx: &mut ConnCtx<'_>,
+    ) -> Result<(), AmqpError> {
         let entries = self.take_unacked(tag, multiple)?;
         if let Mode::Tx { acks, .. } = &mut self.mode {
             acks.push((kind, entries));
@@ -717,7 +785,8 @@ impl Channel {
             if let Some(consumer) = &entry.consumer {
                 consumer.release_credit();
             }
-            if (freed || kind != AckKind::Ack) && !kick.iter().any(|q| Arc::ptr_eq(q, &entry.queue)) {
+            if (freed || kind != AckKind::Ack) && !kick.iter().any(|q| Arc::ptr_eq(q, &entry.queue))
+            {
                 kick.push(entry.queue);
             }
         }
@@ -880,4 +949,3 @@ fn check_exclusive(queue: &QueueEntity, ctx: &ConnCtx<'_>) -> Result<(), AmqpErr
         _ => Ok(()),
     }
 }
-

@@ -373,8 +373,12 @@ mod tests {
 
     #[test]
     fn listeners_accept_ipv6_bare_ports_and_lists() {
-        let parsed = parse_listeners(&["[::1]:0".into(), "5673".into(), "127.0.0.2:1,127.0.0.3:2".into()])
-            .unwrap();
+        let parsed = parse_listeners(&[
+            "[::1]:0".into(),
+            "5673".into(),
+            "127.0.0.2:1,127.0.0.3:2".into(),
+        ])
+        .unwrap();
         assert_eq!(parsed.len(), 4);
         assert!(parsed[0].is_ipv6());
         assert_eq!(parsed[1], "127.0.0.1:5673".parse().unwrap());

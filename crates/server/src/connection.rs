@@ -27,8 +27,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, trace};
 use warren_codec::frame::{self, ContentHeader, Frame};
-use warren_codec::{FieldTable, FieldValue, Method, ReplyCode, ShortString};
 use warren_codec::generated as m;
+use warren_codec::{FieldTable, FieldValue, Method, ReplyCode, ShortString};
 
 use crate::auth;
 use crate::broker::{Broker, VHost};
@@ -73,7 +73,13 @@ impl Out {
 
     /// Encodes a content header (with properties exactly as received) and the body frames.
     pub fn content(&mut self, channel: u16, raw_properties: &[u8], body: &[u8]) {
-        frame::encode_header_frame(channel, 60, body.len() as u64, raw_properties, &mut self.buf);
+        frame::encode_header_frame(
+            channel,
+            60,
+            body.len() as u64,
+            raw_properties,
+            &mut self.buf,
+        );
         let frame_max = if self.frame_max == 0 {
             131_072
         } else {
@@ -303,8 +309,8 @@ impl Connection {
         }
         // Flush what is left (the close or close-ok) and say goodbye.
         if !self.out.buf.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(&self.out.buf))
-                .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), writer.write_all(&self.out.buf)).await;
         }
         let _ = writer.shutdown().await;
         Ok(())
@@ -367,11 +373,9 @@ impl Connection {
                 "heartbeat frame on non-zero channel",
             )),
             Frame::Method { channel: 0, method } => self.handle_method0(method),
-            Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => {
-                Err(ConnectionError::unexpected_frame(
-                    "content frame on channel 0",
-                ))
-            }
+            Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => Err(
+                ConnectionError::unexpected_frame("content frame on channel 0"),
+            ),
             frame if self.phase != Phase::Open => Err(ConnectionError::command_invalid(format!(
                 "unexpected frame on channel {} before connection.open",
                 frame_channel(&frame)
@@ -390,7 +394,9 @@ impl Connection {
                     }
                 };
                 match result {
-                    Ok(Some(publish)) => self.run_channel(channel, |ch, ctx| ch.publish(publish, ctx)),
+                    Ok(Some(publish)) => {
+                        self.run_channel(channel, |ch, ctx| ch.publish(publish, ctx))
+                    }
                     Ok(None) => Ok(()),
                     Err(e) => self.channel_failed(channel, e),
                 }
@@ -398,7 +404,11 @@ impl Connection {
         }
     }
 
-    fn channel_header(&mut self, channel: u16, header: ContentHeader) -> Result<(), ConnectionError> {
+    fn channel_header(
+        &mut self,
+        channel: u16,
+        header: ContentHeader,
+    ) -> Result<(), ConnectionError> {
         let broker = Arc::clone(&self.broker);
         let result = match self.channel_mut(channel) {
             Some(ch) if ch.closing => return Ok(()),
@@ -440,10 +450,10 @@ impl Connection {
                 debug!(channel, "channel opened");
                 Ok(())
             }
-            Method::ChannelOpen(_) => Err(ConnectionError::channel_error(
-                "second 'channel.open' seen",
-            )
-            .on(class_id, method_id)),
+            Method::ChannelOpen(_) => {
+                Err(ConnectionError::channel_error("second 'channel.open' seen")
+                    .on(class_id, method_id))
+            }
             _ if !exists => Err(ConnectionError::channel_error(format!(
                 "expected 'channel.open' on channel {channel}"
             ))
@@ -466,7 +476,8 @@ impl Connection {
                     self.has_published = true;
                 }
                 self.run_channel(channel, move |ch, ctx| {
-                    ch.recv_method(method, ctx).map_err(|e| e.on(class_id, method_id))
+                    ch.recv_method(method, ctx)
+                        .map_err(|e| e.on(class_id, method_id))
                 })
             }
         }
@@ -505,12 +516,8 @@ impl Connection {
                     ch.consumers.remove(&tag);
                 }
                 if reply {
-                    self.out.method(
-                        channel,
-                        m::BasicCancelOk {
-                            consumer_tag: tag,
-                        },
-                    );
+                    self.out
+                        .method(channel, m::BasicCancelOk { consumer_tag: tag });
                 }
                 Ok(())
             }
@@ -635,7 +642,10 @@ impl Connection {
                     let number = consumer.channel.number;
                     let tag = consumer.tag.clone();
                     if let Some(Some(ch)) = self.channels.get_mut(usize::from(number))
-                        && ch.consumers.get(&tag).is_some_and(|c| Arc::ptr_eq(c, &consumer))
+                        && ch
+                            .consumers
+                            .get(&tag)
+                            .is_some_and(|c| Arc::ptr_eq(c, &consumer))
                     {
                         ch.consumers.remove(&tag);
                         if self.caps.consumer_cancel_notify && !ch.closing {
@@ -650,7 +660,10 @@ impl Connection {
                     }
                 }
                 Outbound::ForceClose => {
-                    self.force_close(ReplyCode::ConnectionForced, "CONNECTION_FORCED - closed by the broker");
+                    self.force_close(
+                        ReplyCode::ConnectionForced,
+                        "CONNECTION_FORCED - closed by the broker",
+                    );
                 }
             }
         }
@@ -791,7 +804,10 @@ impl Connection {
         }
         // Same keys and order as RabbitMQ 3.10.
         let mut props = FieldTable::new();
-        props.insert(ShortString::from_static("capabilities"), FieldValue::Table(caps));
+        props.insert(
+            ShortString::from_static("capabilities"),
+            FieldValue::Table(caps),
+        );
         props.insert(
             ShortString::from_static("cluster_name"),
             long(&identity.cluster_name),
@@ -871,12 +887,10 @@ impl Connection {
                 .on(10, 11));
             }
             Err(auth::SaslError::Malformed) => {
-                return self.refuse_login(
-                    format!(
-                        "{} login refused: response invalid",
-                        String::from_utf8_lossy(mechanism)
-                    ),
-                );
+                return self.refuse_login(format!(
+                    "{} login refused: response invalid",
+                    String::from_utf8_lossy(mechanism)
+                ));
             }
         };
         let username = String::from_utf8_lossy(&creds.username).into_owned();
@@ -892,10 +906,8 @@ impl Connection {
                 String::from_utf8_lossy(mechanism)
             ));
         }
-        if config.loopback_users.iter().any(|u| *u == username) && !self.peer.ip().is_loopback() {
-            return self.refuse_login(format!(
-                "user '{username}' can only connect via localhost"
-            ));
+        if config.loopback_users.contains(&username) && !self.peer.ip().is_loopback() {
+            return self.refuse_login(format!("user '{username}' can only connect via localhost"));
         }
         self.user = username;
         let limits = &config.limits;
@@ -925,7 +937,12 @@ impl Connection {
 
     fn recv_tune_ok(&mut self, tune_ok: m::ConnectionTuneOk) -> Result<(), ConnectionError> {
         let limits = &self.broker.config.limits;
-        negotiate("channel_max", 0, u32::from(limits.channel_max), u32::from(tune_ok.channel_max))?;
+        negotiate(
+            "channel_max",
+            0,
+            u32::from(limits.channel_max),
+            u32::from(tune_ok.channel_max),
+        )?;
         negotiate("frame_max", 4096, limits.frame_max, tune_ok.frame_max)?;
         self.channel_max = tune_ok.channel_max;
         self.frame_max = tune_ok.frame_max;
@@ -938,9 +955,7 @@ impl Connection {
     fn recv_open(&mut self, open: m::ConnectionOpen) -> Result<(), ConnectionError> {
         let name = open.virtual_host.to_string();
         let Some(vhost) = self.broker.vhost(&name) else {
-            return Err(
-                ConnectionError::not_allowed(format!("vhost {name} not found")).on(10, 40)
-            );
+            return Err(ConnectionError::not_allowed(format!("vhost {name} not found")).on(10, 40));
         };
         let allowed = self
             .broker
@@ -948,7 +963,7 @@ impl Connection {
             .users
             .iter()
             .find(|u| u.name == self.user)
-            .is_some_and(|u| u.vhosts.is_empty() || u.vhosts.iter().any(|v| *v == name));
+            .is_some_and(|u| u.vhosts.is_empty() || u.vhosts.contains(&name));
         if !allowed {
             return Err(ConnectionError::not_allowed(format!(
                 "access to vhost '{name}' refused for user '{}'",

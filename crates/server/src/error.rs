@@ -146,7 +146,9 @@ impl AmqpError {
     /// Records the method that failed, whatever the scope.
     pub fn on(self, class_id: u16, method_id: u16) -> Self {
         match self {
-            AmqpError::Channel(e) if e.class_id == 0 => AmqpError::Channel(e.on(class_id, method_id)),
+            AmqpError::Channel(e) if e.class_id == 0 => {
+                AmqpError::Channel(e.on(class_id, method_id))
+            }
             AmqpError::Connection(e) if e.class_id == 0 => {
                 AmqpError::Connection(e.on(class_id, method_id))
             }

@@ -51,8 +51,14 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     for addr in &config.listeners {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Bind { addr: *addr, source })?;
-        let local = listener.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?;
+            .map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: *addr,
+            source,
+        })?;
         addrs.push(local);
         listeners.push(listener);
     }

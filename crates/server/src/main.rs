@@ -18,7 +18,12 @@ use warren_server::config::{self, Overrides};
 struct Args {
     /// Address to listen on, e.g. 127.0.0.1:5672 or [::1]:5672; repeat for several listeners;
     /// port 0 picks a free port (the chosen address is printed). Default 127.0.0.1:5672.
-    #[arg(long = "listen", value_name = "ADDR", env = "WARREN_LISTEN", value_delimiter = ',')]
+    #[arg(
+        long = "listen",
+        value_name = "ADDR",
+        env = "WARREN_LISTEN",
+        value_delimiter = ','
+    )]
     listen: Vec<String>,
     /// Folder for durable data. Default ./warren-data.
     #[arg(long, value_name = "DIR", env = "WARREN_DATA_DIR")]
@@ -51,6 +56,7 @@ fn main() -> anyhow::Result<()> {
                 .context("parsing the log level")?,
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

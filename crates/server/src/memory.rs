@@ -60,7 +60,11 @@ impl MemoryMonitor {
                 used = self.used.load(Ordering::Relaxed),
                 limit = self.limit,
                 "memory alarm {}",
-                if on { "set: blocking publishers" } else { "cleared" }
+                if on {
+                    "set: blocking publishers"
+                } else {
+                    "cleared"
+                }
             );
             self.alarm_tx.send_replace(on);
         }

@@ -271,7 +271,11 @@ impl QueueEntity {
             let mut chosen = None;
             for i in 0..n_consumers {
                 let idx = (start + i) % n_consumers;
-                if inner.consumers.get(idx).is_some_and(|c| c.try_take_credit()) {
+                if inner
+                    .consumers
+                    .get(idx)
+                    .is_some_and(|c| c.try_take_credit())
+                {
                     chosen = Some(idx);
                     break;
                 }
@@ -395,7 +399,8 @@ impl QueueEntity {
         let mut inner = self.inner.lock();
         let bytes = inner.messages.ready_bytes();
         let n = inner.messages.purge();
-        self.memory.sub(usize::try_from(bytes).unwrap_or(usize::MAX));
+        self.memory
+            .sub(usize::try_from(bytes).unwrap_or(usize::MAX));
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -410,7 +415,8 @@ impl QueueEntity {
             let n_ready = u32::try_from(inner.messages.ready_count()).unwrap_or(u32::MAX);
             let bytes = inner.messages.ready_bytes() + inner.messages.unacked_bytes();
             inner.messages.purge();
-            self.memory.sub(usize::try_from(bytes).unwrap_or(usize::MAX));
+            self.memory
+                .sub(usize::try_from(bytes).unwrap_or(usize::MAX));
             (std::mem::take(&mut inner.consumers), n_ready)
         };
         for consumer in consumers {
