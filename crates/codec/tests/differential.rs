@@ -6,6 +6,9 @@
 //! values compared here use UTF-8 short strings and tables with sorted, unique keys; Warren's
 //! wider range (any octets, duplicate keys in wire order) is covered by `roundtrip.rs`.
 
+// The conversions and helpers run only under #[test], where a panic is a failed assertion.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
