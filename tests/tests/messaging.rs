@@ -833,3 +833,101 @@ async fn channel_flow_pauses_deliveries() {
         b"held"
     );
 }
+
+#[tokio::test]
+async fn direct_reply_to_routes_replies_to_the_requesting_channel() {
+    let broker = TestBroker::start().await;
+    let (_client_conn, client) = broker.channel().await;
+    let (_server_conn, server) = broker.channel().await;
+    server
+        .queue_declare(
+            "rpc".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut replies = client
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "replies".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    client
+        .basic_publish(
+            "".into(),
+            "rpc".into(),
+            BasicPublishOptions::default(),
+            b"ping",
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await
+        .unwrap();
+    let request = within(5, async {
+        loop {
+            if let Some(m) = server
+                .basic_get("rpc".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let reply_to = request.delivery.properties.reply_to().clone().unwrap();
+    assert!(
+        reply_to.as_str().starts_with("amq.rabbitmq.reply-to."),
+        "{reply_to}"
+    );
+    server
+        .basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions::default(),
+            b"pong",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    let reply = within(5, replies.next()).await.unwrap().unwrap();
+    assert_eq!(reply.data, b"pong");
+}
+
+#[tokio::test]
+async fn reply_to_without_a_reply_consumer_is_406() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    channel
+        .basic_publish(
+            "".into(),
+            "anything".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await
+        .unwrap();
+    let err = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        amqp_error(&err),
+        Some((
+            406,
+            "PRECONDITION_FAILED - fast reply consumer does not exist".into()
+        ))
+    );
+}
