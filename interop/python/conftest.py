@@ -134,7 +134,7 @@ def pytest_runtest_logreport(report):
     client = Path(report.fspath).stem.removeprefix("test_")
     scenario = report.nodeid.split("::")[-1].split("[")[0].removeprefix("test_")
     with open(record, "a", encoding="utf-8") as out:
-        out.write(f"{client}:{scenario} ({report.when}) {first}\n")
+        out.write(f"{client}:{scenario} {first}\n")
 
 
 @pytest.fixture

@@ -116,15 +116,20 @@ async def test_prefetch_limits_unacked(names):
         async def on_message(message):
             got.append(message)
 
+        async def settle(expected: int):
+            """Wait for `expected` deliveries, then make sure no more arrive for a while."""
+            async with asyncio.timeout(5):
+                while len(got) < expected:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            assert len(got) == expected
+
         await queue.consume(on_message)
-        await asyncio.sleep(0.5)
-        assert len(got) == 2
+        await settle(2)
         await got[0].ack()
-        await asyncio.sleep(0.3)
-        assert len(got) == 3
+        await settle(3)
         await got[2].ack(multiple=True)
-        await asyncio.sleep(0.3)
-        assert len(got) == 5
+        await settle(5)
         assert [m.body for m in got] == [f"m{i}".encode() for i in range(5)]
 
 

@@ -281,22 +281,23 @@ def test_prefetch_limits_unacked(connection, names):
     got = []
     channel.basic_consume(queue, lambda ch, m, p, b: got.append(m))
 
-    def settle(seconds=0.5):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+    def settle(expected: int):
+        """Wait for `expected` deliveries, then make sure no more arrive for a while."""
+        deadline = time.monotonic() + 5
+        while len(got) < expected and time.monotonic() < deadline:
             connection.process_data_events(time_limit=0.05)
+        quiet = time.monotonic() + 0.3
+        while time.monotonic() < quiet:
+            connection.process_data_events(time_limit=0.05)
+        assert len(got) == expected
 
-    settle()
-    assert len(got) == 3
+    settle(3)
     channel.basic_ack(got[0].delivery_tag)
-    settle()
-    assert len(got) == 4
+    settle(4)
     channel.basic_ack(got[-1].delivery_tag, multiple=True)
-    settle()
-    assert len(got) == 7
+    settle(7)
     channel.basic_ack(got[-1].delivery_tag, multiple=True)
-    settle()
-    assert len(got) == 10
+    settle(10)
     channel.basic_ack(got[-1].delivery_tag, multiple=True)
 
 

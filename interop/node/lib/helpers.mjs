@@ -119,6 +119,13 @@ export async function waitFor(check, ms = 5000, what = "condition") {
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** Waits until `count()` reaches `expected`, then checks it stays there for a while (nothing more arrives). */
+export async function settle(count, expected, quietMs = 300) {
+  await waitFor(() => count() >= expected, 5000, `${expected} deliveries`);
+  await sleep(quietMs);
+  if (count() !== expected) throw new Error(`expected ${expected} deliveries, got ${count()}`);
+}
+
 // Connections a scenario opened and did not close (it failed half-way) are torn down after it,
 // so a failing scenario never keeps the test process alive.
 const openSockets = new Set();

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { AMQPClient } from "@cloudamqp/amqp-client";
-import { BROKER, brokerUrl, client, sleep, track, waitFor } from "../lib/helpers.mjs";
+import { BROKER, brokerUrl, client, settle, track, waitFor } from "../lib/helpers.mjs";
 
 const scenario = client("amqp_client");
 
@@ -124,14 +124,12 @@ scenario("prefetch_limits_unacked", async (n) => {
   await ch.basicConsume(queue, { noAck: false }, (message) => {
     got.push(message);
   });
-  await sleep(500);
-  assert.equal(got.length, 2);
+  const count = () => got.length;
+  await settle(count, 2);
   await got[0].ack();
-  await sleep(300);
-  assert.equal(got.length, 3);
+  await settle(count, 3);
   await ch.basicAck(got[2].deliveryTag, true);
-  await sleep(300);
-  assert.equal(got.length, 5);
+  await settle(count, 5);
   assert.deepEqual(got.map((m) => m.bodyToString()), ["m0", "m1", "m2", "m3", "m4"]);
   await conn.close();
 });

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import amqplib from "amqplib";
-import { BROKER, amqplibOptions, client, sleep, track, waitFor } from "../lib/helpers.mjs";
+import { BROKER, amqplibOptions, client, settle, track, waitFor } from "../lib/helpers.mjs";
 
 const scenario = client("amqplib");
 
@@ -271,17 +271,14 @@ scenario("prefetch_limits_unacked", async (n) => {
   await ch.prefetch(3);
   const got = [];
   await ch.consume(queue, (message) => message && got.push(message));
-  await sleep(500);
-  assert.equal(got.length, 3);
+  const count = () => got.length;
+  await settle(count, 3);
   ch.ack(got[0]);
-  await sleep(300);
-  assert.equal(got.length, 4);
+  await settle(count, 4);
   ch.ack(got[got.length - 1], true);
-  await sleep(300);
-  assert.equal(got.length, 7);
+  await settle(count, 7);
   ch.ack(got[got.length - 1], true);
-  await sleep(300);
-  assert.equal(got.length, 10);
+  await settle(count, 10);
   assert.deepEqual(got.map((m) => m.content.toString()), Array.from({ length: 10 }, (_, i) => `m${i}`));
   ch.ack(got[got.length - 1], true);
   await connection.close();
