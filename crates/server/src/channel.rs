@@ -213,17 +213,17 @@ impl Channel {
     ) -> Result<Option<Publish>, AmqpError> {
         let Assembly::Header(publish) = std::mem::replace(&mut self.assembly, Assembly::Idle)
         else {
-            return Err(ConnectionError::unexpected_frame(format!(
-                "unexpected content header frame on channel {}",
-                self.number
-            ))
+            return Err(ConnectionError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            )
             .into());
         };
         if header.class_id != 60 {
             return Err(ConnectionError::unexpected_frame(format!(
-                "content header for class {} on channel {}, expected class 60",
-                header.class_id, self.number
+                "expected content header for class 60, got one for class {} instead",
+                header.class_id
             ))
+            .on(60, 40)
             .into());
         }
         if header.body_size > HARD_MAX_MESSAGE_SIZE {
@@ -264,10 +264,9 @@ impl Channel {
             body_size, parts, ..
         } = &mut self.assembly
         else {
-            return Err(ConnectionError::unexpected_frame(format!(
-                "unexpected content body frame on channel {}",
-                self.number
-            ))
+            return Err(ConnectionError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            )
             .into());
         };
         let size = usize::try_from(*body_size).unwrap_or(usize::MAX);
@@ -303,10 +302,9 @@ impl Channel {
         ctx: &mut ConnCtx<'_>,
     ) -> Result<After, AmqpError> {
         if !matches!(self.assembly, Assembly::Idle) {
-            return Err(ConnectionError::unexpected_frame(format!(
-                "expected content header for class 60, got non content header frame instead (channel {})",
-                self.number
-            ))
+            return Err(ConnectionError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
             .into());
         }
         let n = self.number;

@@ -125,8 +125,10 @@ pub struct Connection {
     sent_blocked: bool,
     /// Channels with publisher confirms to flush at the end of this batch.
     confirm_dirty: Vec<u16>,
-    /// Set when the read side saw EOF or a fatal error.
+    /// Set when the read side saw EOF.
     read_closed: bool,
+    /// Set after a framing error: input is read and dropped until the socket closes.
+    discard_input: bool,
     /// When the handshake must be complete, or closing must have finished.
     deadline: Option<Instant>,
 }
@@ -166,6 +168,7 @@ pub async fn serve(
             sent_blocked: false,
             confirm_dirty: Vec::new(),
             read_closed: false,
+            discard_input: false,
             deadline: Some(Instant::now() + handshake_timeout),
         };
         info!("connection accepted");
@@ -318,6 +321,10 @@ impl Connection {
 
     /// Decodes and handles every whole frame in `inbuf`.
     fn process_frames(&mut self, inbuf: &mut BytesMut) {
+        if self.discard_input {
+            inbuf.clear();
+            return;
+        }
         loop {
             if matches!(self.phase, Phase::Done) {
                 return;
@@ -341,8 +348,11 @@ impl Connection {
                         class_id: 0,
                         method_id: 0,
                     });
-                    // After a framing error nothing more can be parsed.
-                    self.read_closed = true;
+                    // After a framing error nothing more can be parsed: read and drop the rest
+                    // (closing with unread input would reset the connection and could lose
+                    // our close frame), and give up sooner than for a well-formed peer.
+                    self.discard_input = true;
+                    self.deadline = Some(Instant::now() + Duration::from_secs(1));
                     return;
                 }
             };
@@ -370,7 +380,7 @@ impl Connection {
         match frame {
             Frame::Heartbeat { channel: 0 } => Ok(()),
             Frame::Heartbeat { .. } => Err(ConnectionError::unexpected_frame(
-                "heartbeat frame on non-zero channel",
+                "type 8, all octets = <<>>",
             )),
             Frame::Method { channel: 0, method } => self.handle_method0(method),
             Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => Err(
@@ -388,9 +398,7 @@ impl Connection {
                     Some(ch) if ch.closing => return Ok(()),
                     Some(ch) => ch.recv_body(payload, &broker.config.limits),
                     None => {
-                        return Err(ConnectionError::channel_error(format!(
-                            "expected 'channel.open' on channel {channel}"
-                        )));
+                        return Err(ConnectionError::channel_error("expected 'channel.open'"));
                     }
                 };
                 match result {
@@ -414,9 +422,7 @@ impl Connection {
             Some(ch) if ch.closing => return Ok(()),
             Some(ch) => ch.recv_header(header, &broker.config.limits),
             None => {
-                return Err(ConnectionError::channel_error(format!(
-                    "expected 'channel.open' on channel {channel}"
-                )));
+                return Err(ConnectionError::channel_error("expected 'channel.open'"));
             }
         };
         match result {
@@ -430,10 +436,9 @@ impl Connection {
         let class_id = method.class_id();
         let method_id = method.method_id();
         if class_id == 10 {
-            return Err(ConnectionError::command_invalid(format!(
-                "connection method on channel {channel}"
-            ))
-            .on(class_id, method_id));
+            return Err(
+                ConnectionError::command_invalid("unimplemented method").on(class_id, method_id)
+            );
         }
         if channel > self.channel_max && self.channel_max != 0 {
             return Err(ConnectionError::not_allowed(format!(
@@ -454,15 +459,19 @@ impl Connection {
                 Err(ConnectionError::channel_error("second 'channel.open' seen")
                     .on(class_id, method_id))
             }
-            _ if !exists => Err(ConnectionError::channel_error(format!(
-                "expected 'channel.open' on channel {channel}"
-            ))
-            .on(class_id, method_id)),
+            _ if !exists => {
+                Err(ConnectionError::channel_error("expected 'channel.open'")
+                    .on(class_id, method_id))
+            }
             Method::ChannelCloseOk(_) => {
                 if self.channel_mut(channel).is_some_and(|ch| ch.closing) {
                     self.close_channel(channel);
+                    Ok(())
+                } else {
+                    // RabbitMQ's answer to a close-ok nobody asked for.
+                    Err(ConnectionError::command_invalid("unimplemented method")
+                        .on(class_id, method_id))
                 }
-                Ok(())
             }
             Method::ChannelClose(close) => {
                 debug!(channel, code = close.reply_code, text = %close.reply_text, "client closed channel");
@@ -927,7 +936,7 @@ impl Connection {
     /// `authentication_failure_close`, a plain socket close for the others (RabbitMQ's rule).
     fn refuse_login(&mut self, text: String) -> Result<(), ConnectionError> {
         if self.caps.authentication_failure_close {
-            Err(ConnectionError::new(ReplyCode::AccessRefused, text).on(10, 11))
+            Err(ConnectionError::new(ReplyCode::AccessRefused, text))
         } else {
             info!(text, "login refused, closing the socket");
             self.phase = Phase::Done;
