@@ -26,8 +26,8 @@ pub enum RouteOutcome {
     Unroutable,
     /// No exchange by that name: the server closes the channel with 404 NOT_FOUND.
     ExchangeNotFound,
-    /// The exchange is internal: the server closes the channel with 403 ACCESS_REFUSED
-    /// (`cannot publish to internal exchange`). Nothing was routed.
+    /// The exchange is internal: the server closes the channel with 403 ACCESS_REFUSED,
+    /// `cannot publish to internal exchange 'x' in vhost '/'`. Nothing was routed.
     InternalExchange,
 }
 

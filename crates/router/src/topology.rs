@@ -678,28 +678,20 @@ impl<Q: Clone> Topology<Q> {
         Ok(true)
     }
 
-    /// `queue.unbind` / `exchange.unbind`. Unbinding what is not bound is not an error
-    /// (`removed.bindings` is then empty). 403 when either end is `""`; 404 when the source or
-    /// destination does not exist. An auto-delete source left without bindings is deleted and
-    /// reported in `removed.exchanges`.
+    /// `queue.unbind` / `exchange.unbind`. Unbinding what is not bound is not an error, even
+    /// when the source or destination does not exist (RabbitMQ 3.10 answers `unbind-ok`):
+    /// `removed.bindings` is then empty. 403 when either end is `""`. An auto-delete source
+    /// left without bindings is deleted and reported in `removed.exchanges`.
     pub fn unbind(&self, binding: &Binding) -> Result<Removed, RouterError> {
         if binding.source.is_empty() || binding.destination.name().is_empty() {
             return Err(Self::default_exchange_refused());
         }
         let mut catalog = self.catalog.lock();
-        let source = self
-            .lookup(binding.source.as_bytes())
-            .ok_or_else(|| self.exchange_not_found(binding.source.as_bytes()))?;
-        let dest_key = match &binding.destination {
-            Destination::Queue(name) => self
-                .dest_key(&binding.destination)
-                .ok_or_else(|| self.queue_not_found(name.as_bytes()))?,
-            Destination::Exchange(name) => {
-                if self.lookup(name.as_bytes()).is_none() {
-                    return Err(self.exchange_not_found(name.as_bytes()));
-                }
-                DestKey::Exchange(name.as_shared().clone())
-            }
+        let (Some(source), Some(dest_key)) = (
+            self.lookup(binding.source.as_bytes()),
+            self.dest_key(&binding.destination),
+        ) else {
+            return Ok(Removed::default());
         };
         let arguments = sorted_arguments(&binding.arguments);
         let pair = (binding.destination.clone(), binding.routing_key.clone());
