@@ -58,14 +58,17 @@ const INDEX_FROM: usize = 16;
 #[derive(Debug)]
 pub(crate) struct DestSet<Q> {
     entries: Vec<Entry<Q>>,
-    index: HashMap<DestKey, u32, foldhash::fast::RandomState>,
+    /// Positions by key, only when there are `INDEX_FROM` entries or more; boxed so the
+    /// common small set pays one pointer for it.
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<DestKey, u32, foldhash::fast::RandomState>>>,
 }
 
 impl<Q> Default for DestSet<Q> {
     fn default() -> Self {
         DestSet {
             entries: Vec::new(),
-            index: HashMap::default(),
+            index: None,
         }
     }
 }
@@ -76,8 +79,8 @@ impl<Q: Clone> DestSet<Q> {
     }
 
     fn position(&self, key: &DestKey) -> Option<usize> {
-        if self.entries.len() >= INDEX_FROM {
-            self.index.get(key).map(|&pos| pos as usize)
+        if let Some(index) = &self.index {
+            index.get(key).map(|&pos| pos as usize)
         } else {
             self.entries
                 .iter()
@@ -94,16 +97,22 @@ impl<Q: Clone> DestSet<Q> {
             }
             return;
         }
+        if self.entries.is_empty() {
+            // Most sets hold one destination: don't let the first push reserve four.
+            self.entries.reserve_exact(1);
+        }
         self.entries.push(Entry { target, refs: 1 });
-        if self.entries.len() == INDEX_FROM {
-            self.index = self
-                .entries
-                .iter()
-                .enumerate()
-                .map(|(pos, entry)| (entry.target.key(), pos as u32))
-                .collect();
-        } else if self.entries.len() > INDEX_FROM {
-            self.index.insert(key, (self.entries.len() - 1) as u32);
+        let position = (self.entries.len() - 1) as u32;
+        if let Some(index) = &mut self.index {
+            index.insert(key, position);
+        } else if self.entries.len() >= INDEX_FROM {
+            self.index = Some(Box::new(
+                self.entries
+                    .iter()
+                    .enumerate()
+                    .map(|(pos, entry)| (entry.target.key(), pos as u32))
+                    .collect(),
+            ));
         }
     }
 
@@ -119,15 +128,18 @@ impl<Q: Clone> DestSet<Q> {
         if entry.refs > 0 {
             return true;
         }
-        let indexed = self.entries.len() >= INDEX_FROM;
         self.entries.swap_remove(pos);
-        if indexed {
-            self.index.remove(key);
-            if self.entries.len() < INDEX_FROM {
-                self.index = HashMap::default();
+        if let Some(index) = &mut self.index {
+            index.remove(key);
+            if self.entries.len() < INDEX_FROM / 2 {
+                // Hysteresis: a set hovering around the threshold does not rebuild each time.
+                self.index = None;
             } else if let Some(moved) = self.entries.get(pos) {
-                self.index.insert(moved.target.key(), pos as u32);
+                index.insert(moved.target.key(), pos as u32);
             }
+        }
+        if self.entries.is_empty() {
+            self.entries = Vec::new();
         }
         true
     }
