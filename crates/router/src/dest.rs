@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use crate::route::RouteBuf;
 
@@ -54,10 +55,11 @@ struct Entry<Q> {
 const INDEX_FROM: usize = 16;
 
 /// A set of destinations, unique by [`DestKey`], stored as a vector so that routing iterates
-/// contiguous memory and clones handles without hashing.
+/// contiguous memory and clones handles without hashing. The first entry is stored inline:
+/// most binding keys have one destination, and routing then skips a pointer chase.
 #[derive(Debug)]
 pub(crate) struct DestSet<Q> {
-    entries: Vec<Entry<Q>>,
+    entries: SmallVec<[Entry<Q>; 1]>,
     /// Positions by key, only when there are `INDEX_FROM` entries or more; boxed so the
     /// common small set pays one pointer for it.
     #[allow(clippy::box_collection)]
@@ -67,7 +69,7 @@ pub(crate) struct DestSet<Q> {
 impl<Q> Default for DestSet<Q> {
     fn default() -> Self {
         DestSet {
-            entries: Vec::new(),
+            entries: SmallVec::new(),
             index: None,
         }
     }
@@ -96,10 +98,6 @@ impl<Q: Clone> DestSet<Q> {
                 entry.refs += 1;
             }
             return;
-        }
-        if self.entries.is_empty() {
-            // Most sets hold one destination: don't let the first push reserve four.
-            self.entries.reserve_exact(1);
         }
         self.entries.push(Entry { target, refs: 1 });
         let position = (self.entries.len() - 1) as u32;
@@ -138,8 +136,8 @@ impl<Q: Clone> DestSet<Q> {
                 index.insert(moved.target.key(), pos as u32);
             }
         }
-        if self.entries.is_empty() {
-            self.entries = Vec::new();
+        if self.entries.is_empty() && self.entries.spilled() {
+            self.entries = SmallVec::new();
         }
         true
     }

@@ -810,8 +810,8 @@ impl<Q: Clone> Topology<Q> {
             routing_key: binding.routing_key.clone(),
             arguments,
         });
-        for name in self.unused_auto_delete(&catalog, vec![source.def.name.clone()]) {
-            self.delete_exchange_locked(&mut catalog, name, &mut removed);
+        if source.def.auto_delete && !catalog.by_source.contains_key(&source.def.name) {
+            self.delete_exchange_locked(&mut catalog, source.def.name.clone(), &mut removed);
         }
         Ok(removed)
     }
