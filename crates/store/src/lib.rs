@@ -49,8 +49,19 @@
 //! The server maps its per-channel delivery tags to `(queue, offset)`; offsets are per queue and
 //! never reused while the queue lives.
 
+pub mod backend;
+mod definitions;
+mod error;
+mod journal;
 mod message;
 mod queue;
+mod record;
+mod store;
 
+pub use backend::{Backend, CrashMode, FileBackend, FileHandle, MemBackend};
+pub use definitions::{BindingDef, DestinationKind, ExchangeDef, QueueDef};
+pub use error::{INTERNAL_ERROR, StoreError};
+pub use journal::{StoreOptions, SyncFailed};
 pub use message::Message;
 pub use queue::{Delivery, Lsn, Pushed, Queue};
+pub use store::{Recovery, RecoveryReport, Store};

@@ -18,10 +18,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use crate::journal::{Journal, Recovered};
 use crate::message::Message;
 
 /// A position in the durable log. A push or ack that returned an `Lsn` is on stable storage once
-/// the durable store's sync has returned an `Lsn` at least as large.
+/// [`crate::Store::sync`] has returned an `Lsn` at least as large.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Lsn(pub u64);
 
@@ -57,6 +58,8 @@ struct Entry {
     message: Arc<Message>,
     /// Delivered before (requeued), or recovered from disk with that flag.
     redelivered: bool,
+    /// End of the message's publish record in the durable log; 0 when it was not logged.
+    lsn: u64,
 }
 
 /// A hasher for offsets: they are already well spread (consecutive integers), so one multiply is
@@ -86,7 +89,7 @@ pub(crate) type OffsetMap<V> = HashMap<u64, V, BuildHasherDefault<OffsetHasher>>
 
 /// A queue's messages. Synchronous and single-owner: the broker keeps each queue behind its own
 /// lock. A transient queue ([`Queue::new`]) keeps everything in memory; a durable one (from the
-/// durable store, landing next) also logs persistent messages, acks and deliveries to disk. Both
+/// durable [`crate::Store`]) also logs persistent messages, acks and deliveries to disk. Both
 /// have this one interface, so the broker's code does not care which it holds.
 #[derive(Debug, Default)]
 pub struct Queue {
@@ -102,6 +105,8 @@ pub struct Queue {
     ready_bytes: u64,
     /// Sum of the body lengths of unacked messages.
     unacked_bytes: u64,
+    /// Where persistent messages are logged; `None` for a transient queue.
+    journal: Option<Journal>,
 }
 
 impl Queue {
@@ -110,9 +115,50 @@ impl Queue {
         Queue::default()
     }
 
+    /// A durable queue logging to `journal`, holding the messages recovered for it (in offset
+    /// order); its offsets continue after `next_offset`.
+    pub(crate) fn with_journal(
+        journal: Journal,
+        recovered: Vec<Recovered>,
+        next_offset: u64,
+    ) -> Queue {
+        let mut queue = Queue {
+            journal: Some(journal),
+            next_offset,
+            ..Queue::default()
+        };
+        for recovered in recovered {
+            queue.ready_bytes += recovered.message.body_len();
+            queue.next_offset = queue.next_offset.max(recovered.offset + 1);
+            queue.fresh.push_back(Entry {
+                offset: recovered.offset,
+                message: recovered.message,
+                redelivered: recovered.redelivered,
+                lsn: recovered.lsn,
+            });
+        }
+        queue
+    }
+
+    /// Takes the journal out (queue deletion): every logged message stops counting in the log.
+    pub(crate) fn detach(&mut self) -> Option<Journal> {
+        let journal = self.journal.take()?;
+        let entries = self
+            .requeued
+            .values()
+            .chain(self.fresh.iter())
+            .chain(self.unacked.values());
+        for entry in entries {
+            if entry.lsn != 0 {
+                journal.forget(entry.lsn);
+            }
+        }
+        Some(journal)
+    }
+
     /// Whether this queue logs persistent messages to disk.
     pub fn is_durable(&self) -> bool {
-        false
+        self.journal.is_some()
     }
 
     /// Appends a message at the tail. On a durable queue a persistent message is also written to
@@ -120,12 +166,16 @@ impl Queue {
     pub fn push(&mut self, message: Arc<Message>) -> Pushed {
         let offset = self.next_offset;
         self.next_offset += 1;
-        let lsn = None;
+        let lsn = match &self.journal {
+            Some(journal) if message.persistent => Some(journal.publish(offset, &message)),
+            _ => None,
+        };
         self.ready_bytes += message.body_len();
         self.fresh.push_back(Entry {
             offset,
             message,
             redelivered: false,
+            lsn: lsn.map_or(0, |lsn| lsn.0),
         });
         Pushed { offset, lsn }
     }
@@ -134,6 +184,13 @@ impl Queue {
     /// [`Queue::requeue`]. `None` when no message is ready.
     pub fn pop(&mut self) -> Option<Delivery> {
         let entry = self.take_first_ready()?;
+        if let Some(journal) = &self.journal
+            && entry.lsn != 0
+            && !entry.redelivered
+        {
+            // Only a first delivery needs a record: a redelivered message is already flagged.
+            journal.deliver(entry.offset, entry.lsn);
+        }
         let delivery = Delivery {
             offset: entry.offset,
             message: Arc::clone(&entry.message),
@@ -148,6 +205,11 @@ impl Queue {
     /// it is not tracked as unacked, and a durable queue logs it as acked.
     pub fn pop_no_ack(&mut self) -> Option<Delivery> {
         let entry = self.take_first_ready()?;
+        if let Some(journal) = &self.journal
+            && entry.lsn != 0
+        {
+            journal.ack(entry.offset, entry.lsn);
+        }
         Some(Delivery {
             offset: entry.offset,
             message: entry.message,
@@ -160,6 +222,11 @@ impl Queue {
     pub fn ack(&mut self, offset: u64) -> Option<Arc<Message>> {
         let entry = self.unacked.remove(&offset)?;
         self.unacked_bytes -= entry.message.body_len();
+        if let Some(journal) = &self.journal
+            && entry.lsn != 0
+        {
+            journal.ack(offset, entry.lsn);
+        }
         Some(entry.message)
     }
 
@@ -180,8 +247,15 @@ impl Queue {
     /// Drops every ready message (`queue.purge`); unacked ones stay. Returns how many were dropped.
     pub fn purge(&mut self) -> u64 {
         let count = self.ready_count();
-        self.requeued.clear();
-        self.fresh.clear();
+        let requeued = std::mem::take(&mut self.requeued);
+        let fresh = std::mem::take(&mut self.fresh);
+        if let Some(journal) = &self.journal {
+            for entry in requeued.values().chain(fresh.iter()) {
+                if entry.lsn != 0 {
+                    journal.ack(entry.offset, entry.lsn);
+                }
+            }
+        }
         self.ready_bytes = 0;
         count as u64
     }
@@ -209,6 +283,15 @@ impl Queue {
     /// No message ready and none unacked.
     pub fn is_empty(&self) -> bool {
         self.ready_count() == 0 && self.unacked.is_empty()
+    }
+
+    /// The unacked messages, in no particular order (for `basic.recover`, metrics and tests).
+    pub fn unacked(&self) -> impl Iterator<Item = Delivery> + '_ {
+        self.unacked.values().map(|entry| Delivery {
+            offset: entry.offset,
+            message: Arc::clone(&entry.message),
+            redelivered: entry.redelivered,
+        })
     }
 
     /// The first ready message, without taking it.
