@@ -11,6 +11,10 @@
 //! name, which is what the merge does.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use smallvec::SmallVec;
 
 use warren_codec::{FieldTable, FieldValue, ShortString};
 
@@ -178,6 +182,8 @@ fn typed_eq(a: &FieldValue, b: &FieldValue) -> bool {
 struct Rule<Q> {
     /// The arguments as bound, sorted by name (stable); the rule's identity.
     arguments: FieldTable,
+    /// `hash_table` of `arguments`, to find its index entry when another rule moves.
+    hash: u64,
     mode: XMatch,
     /// The conditions: sorted arguments without `x-match`, and without other `x-` arguments
     /// unless the mode is a `-with-x` one.
@@ -235,25 +241,88 @@ pub(crate) fn sorted_arguments(arguments: &FieldTable) -> FieldTable {
     FieldTable(entries)
 }
 
+/// Feeds a table into a hasher consistently with `FieldTable`'s `==`: equal tables hash
+/// equally (`-0.0` is hashed as `0.0`, since the two compare equal).
+fn hash_table(table: &FieldTable, state: &mut impl Hasher) {
+    state.write_usize(table.len());
+    for (name, value) in table.iter() {
+        state.write(name.as_bytes());
+        hash_value(value, state);
+    }
+}
+
+fn hash_value(value: &FieldValue, state: &mut impl Hasher) {
+    std::mem::discriminant(value).hash(state);
+    match value {
+        FieldValue::Bool(v) => v.hash(state),
+        FieldValue::I8(v) => v.hash(state),
+        FieldValue::U8(v) => v.hash(state),
+        FieldValue::I16(v) => v.hash(state),
+        FieldValue::U16(v) => v.hash(state),
+        FieldValue::I32(v) => v.hash(state),
+        FieldValue::U32(v) => v.hash(state),
+        FieldValue::I64(v) => v.hash(state),
+        FieldValue::Timestamp(v) => v.hash(state),
+        FieldValue::F32(v) => (if *v == 0.0 { 0.0f32 } else { *v }).to_bits().hash(state),
+        FieldValue::F64(v) => (if *v == 0.0 { 0.0f64 } else { *v }).to_bits().hash(state),
+        FieldValue::Decimal { scale, value } => (scale, value).hash(state),
+        FieldValue::LongString(bytes) | FieldValue::ByteArray(bytes) => bytes.hash(state),
+        FieldValue::Array(items) => {
+            state.write_usize(items.len());
+            for item in items {
+                hash_value(item, state);
+            }
+        }
+        FieldValue::Table(table) => hash_table(table, state),
+        FieldValue::Void => {}
+    }
+}
+
 /// All rules of one headers exchange; routing tests each in turn.
 #[derive(Debug)]
 pub(crate) struct HeadersRoutes<Q> {
     rules: Vec<Rule<Q>>,
+    /// Hash of a rule's arguments -> its positions in `rules`, so that bind and unbind find a
+    /// rule without comparing with every other one (a flood of bindings stays linear).
+    by_hash: HashMap<u64, SmallVec<[u32; 1]>, foldhash::fast::RandomState>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl<Q> Default for HeadersRoutes<Q> {
     fn default() -> Self {
-        HeadersRoutes { rules: Vec::new() }
+        HeadersRoutes {
+            rules: Vec::new(),
+            by_hash: HashMap::default(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
     }
 }
 
 impl<Q: Clone> HeadersRoutes<Q> {
+    fn hash_of(&self, arguments: &FieldTable) -> u64 {
+        let mut state = self.hasher.build_hasher();
+        hash_table(arguments, &mut state);
+        state.finish()
+    }
+
+    fn find(&self, arguments: &FieldTable, hash: u64) -> Option<usize> {
+        self.by_hash
+            .get(&hash)?
+            .iter()
+            .map(|&pos| pos as usize)
+            .find(|&pos| {
+                self.rules
+                    .get(pos)
+                    .is_some_and(|rule| rule.arguments == *arguments)
+            })
+    }
+
     /// `arguments` must be sorted (see [`sorted_arguments`]) and validated.
     pub(crate) fn add(&mut self, arguments: &FieldTable, target: Target<Q>) {
+        let hash = self.hash_of(arguments);
         if let Some(rule) = self
-            .rules
-            .iter_mut()
-            .find(|rule| rule.arguments == *arguments)
+            .find(arguments, hash)
+            .and_then(|pos| self.rules.get_mut(pos))
         {
             rule.dests.add(target);
             return;
@@ -270,8 +339,13 @@ impl<Q: Clone> HeadersRoutes<Q> {
             .collect();
         let mut dests = DestSet::default();
         dests.add(target);
+        self.by_hash
+            .entry(hash)
+            .or_default()
+            .push(self.rules.len() as u32);
         self.rules.push(Rule {
             arguments: arguments.clone(),
+            hash,
             mode,
             conditions,
             dests,
@@ -280,15 +354,38 @@ impl<Q: Clone> HeadersRoutes<Q> {
 
     /// `arguments` must be sorted.
     pub(crate) fn remove(&mut self, arguments: &FieldTable, dest: &DestKey) {
-        if let Some(pos) = self
-            .rules
-            .iter()
-            .position(|rule| rule.arguments == *arguments)
-            && let Some(rule) = self.rules.get_mut(pos)
-        {
-            rule.dests.remove(dest);
-            if rule.dests.is_empty() {
-                self.rules.swap_remove(pos);
+        let hash = self.hash_of(arguments);
+        let Some(pos) = self.find(arguments, hash) else {
+            return;
+        };
+        let Some(rule) = self.rules.get_mut(pos) else {
+            return;
+        };
+        rule.dests.remove(dest);
+        if !rule.dests.is_empty() {
+            return;
+        }
+        self.unindex(hash, pos);
+        let last = self.rules.len() - 1;
+        if pos != last {
+            // The last rule moves into `pos`: repoint its index entry.
+            let moved_hash = self.rules.get(last).map(|rule| rule.hash);
+            if let Some(positions) = moved_hash.and_then(|h| self.by_hash.get_mut(&h)) {
+                for slot in positions.iter_mut() {
+                    if *slot as usize == last {
+                        *slot = pos as u32;
+                    }
+                }
+            }
+        }
+        self.rules.swap_remove(pos);
+    }
+
+    fn unindex(&mut self, hash: u64, pos: usize) {
+        if let Some(positions) = self.by_hash.get_mut(&hash) {
+            positions.retain(|slot| *slot as usize != pos);
+            if positions.is_empty() {
+                self.by_hash.remove(&hash);
             }
         }
     }
