@@ -278,10 +278,73 @@ fn hash_value(value: &FieldValue, state: &mut impl Hasher) {
     }
 }
 
+/// A value reduced to what Erlang's `==` distinguishes, for hashing: values that compare
+/// equal reduce to the same thing. Decimals, arrays and tables are not reduced (`None`).
+fn reduced(value: &FieldValue) -> Option<(u8, u128)> {
+    let int = |v: i128| Some((0, v as u128));
+    match term(value) {
+        Term::Int(v) => int(v),
+        Term::Float(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1.7e38 => int(f as i128),
+        Term::Float(f) => Some((1, u128::from(f.to_bits()))),
+        Term::Bool(b) => Some((2, u128::from(b))),
+        Term::Undefined => Some((3, 0)),
+        // Bytes are hashed separately; the tag says so.
+        Term::Binary(_) => Some((4, 0)),
+        Term::Decimal(..) | Term::Array(_) | Term::Table(_) => None,
+    }
+}
+
+/// A 256-bit set of hashed names and (name, value) pairs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Mask([u64; 4]);
+
+impl Mask {
+    fn from_hash(hash: u64) -> Mask {
+        let mut mask = Mask::default();
+        if let Some(word) = mask.0.get_mut(((hash >> 6) & 3) as usize) {
+            *word = 1u64 << (hash & 63);
+        }
+        mask
+    }
+
+    fn union(self, other: Mask) -> Mask {
+        let mut words = self.0;
+        for (word, other) in words.iter_mut().zip(other.0) {
+            *word |= other;
+        }
+        Mask(words)
+    }
+
+    fn is_subset_of(&self, other: &Mask) -> bool {
+        self.0
+            .iter()
+            .zip(other.0)
+            .all(|(word, other)| word & !other == 0)
+    }
+
+    fn intersects(&self, other: &Mask) -> bool {
+        self.0
+            .iter()
+            .zip(other.0)
+            .any(|(word, other)| word & other != 0)
+    }
+}
+
+/// A quick necessary condition for a rule, so routing skips most rules without reading them:
+/// one bit per (name) and per (name, value) in a 256-bit mask. An `all` rule can only match
+/// a message whose mask has all of the rule's bits; an `any` rule one that has at least one.
+#[derive(Debug, Clone, Copy)]
+struct Filter {
+    mask: Mask,
+    all: bool,
+}
+
 /// All rules of one headers exchange; routing tests each in turn.
 #[derive(Debug)]
 pub(crate) struct HeadersRoutes<Q> {
     rules: Vec<Rule<Q>>,
+    /// One filter per rule, same order: a dense array that routing scans first.
+    filters: Vec<Filter>,
     /// Hash of a rule's arguments -> its positions in `rules`, so that bind and unbind find a
     /// rule without comparing with every other one (a flood of bindings stays linear).
     by_hash: HashMap<u64, SmallVec<[u32; 1]>, foldhash::fast::RandomState>,
@@ -292,6 +355,7 @@ impl<Q> Default for HeadersRoutes<Q> {
     fn default() -> Self {
         HeadersRoutes {
             rules: Vec::new(),
+            filters: Vec::new(),
             by_hash: HashMap::default(),
             hasher: foldhash::fast::RandomState::default(),
         }
@@ -303,6 +367,48 @@ impl<Q: Clone> HeadersRoutes<Q> {
         let mut state = self.hasher.build_hasher();
         hash_table(arguments, &mut state);
         state.finish()
+    }
+
+    /// The filter bit of a header name (`value` None) or of a name with a value. Equal values
+    /// (in Erlang's sense) give equal bits.
+    fn bit(&self, name: &[u8], value: Option<&FieldValue>) -> Mask {
+        let mut state = self.hasher.build_hasher();
+        state.write(name);
+        if let Some(value) = value {
+            match reduced(value) {
+                Some((tag, bits)) => {
+                    state.write_u8(tag + 1);
+                    state.write_u128(bits);
+                    if let FieldValue::LongString(bytes) | FieldValue::ByteArray(bytes) = value {
+                        state.write(bytes);
+                    }
+                }
+                None => state.write_u8(0),
+            }
+        }
+        Mask::from_hash(state.finish())
+    }
+
+    /// A condition needs its name, and its value unless it is void (presence only) or a value
+    /// that is not reduced (then only the name is required of the message).
+    fn condition_bit(&self, name: &[u8], expected: &FieldValue) -> Mask {
+        if matches!(expected, FieldValue::Void) || reduced(expected).is_none() {
+            self.bit(name, None)
+        } else {
+            self.bit(name, Some(expected))
+        }
+    }
+
+    /// Every header contributes its name bit and, when reduced, its (name, value) bit.
+    fn message_mask(&self, headers: &FieldTable) -> Mask {
+        headers.iter().fold(Mask::default(), |mask, (name, value)| {
+            let value_bit = if reduced(value).is_some() {
+                self.bit(name.as_bytes(), Some(value))
+            } else {
+                Mask::default()
+            };
+            mask.union(self.bit(name.as_bytes(), None)).union(value_bit)
+        })
     }
 
     fn find(&self, arguments: &FieldTable, hash: u64) -> Option<usize> {
@@ -336,13 +442,22 @@ impl<Q: Clone> HeadersRoutes<Q> {
                 name != b"x-match" && (mode.with_x() || !name.starts_with(b"x-"))
             })
             .cloned()
-            .collect();
+            .collect::<Vec<_>>();
+        let filter = Filter {
+            mask: conditions
+                .iter()
+                .fold(Mask::default(), |mask, (name, expected)| {
+                    mask.union(self.condition_bit(name.as_bytes(), expected))
+                }),
+            all: mode.is_all(),
+        };
         let mut dests = DestSet::default();
         dests.add(target);
         self.by_hash
             .entry(hash)
             .or_default()
             .push(self.rules.len() as u32);
+        self.filters.push(filter);
         self.rules.push(Rule {
             arguments: arguments.clone(),
             hash,
@@ -379,6 +494,7 @@ impl<Q: Clone> HeadersRoutes<Q> {
             }
         }
         self.rules.swap_remove(pos);
+        self.filters.swap_remove(pos);
     }
 
     fn unindex(&mut self, hash: u64, pos: usize) {
@@ -393,28 +509,40 @@ impl<Q: Clone> HeadersRoutes<Q> {
     pub(crate) fn collect(&self, headers: Option<&FieldTable>, out: &mut RouteBuf<Q>) -> bool {
         static EMPTY: FieldTable = FieldTable::new();
         let headers = headers.unwrap_or(&EMPTY);
-        if !out.headers_sorted {
-            let mut order = std::mem::take(&mut out.header_order);
-            order.clear();
-            order.extend(0..headers.0.len() as u32);
-            order.sort_by(|&a, &b| {
-                let name =
-                    |index: u32| headers.0.get(index as usize).map(|(key, _)| key.as_bytes());
-                name(a).cmp(&name(b))
-            });
-            out.header_order = order;
-            out.headers_sorted = true;
-        }
-        let order = std::mem::take(&mut out.header_order);
+        let message_mask = self.message_mask(headers);
         let mut any = false;
-        for rule in &self.rules {
-            if rule.matches(headers, &order) {
+        for (pos, filter) in self.filters.iter().enumerate() {
+            let candidate = if filter.all {
+                filter.mask.is_subset_of(&message_mask)
+            } else {
+                filter.mask.intersects(&message_mask)
+            };
+            if !candidate {
+                continue;
+            }
+            if !out.headers_sorted {
+                sort_headers(headers, out);
+            }
+            if let Some(rule) = self.rules.get(pos)
+                && rule.matches(headers, &out.header_order)
+            {
                 any |= rule.dests.collect(out);
             }
         }
-        out.header_order = order;
         any
     }
+}
+
+/// Builds the message's header order (indices sorted by name, stably) once per message.
+fn sort_headers<Q>(headers: &FieldTable, out: &mut RouteBuf<Q>) {
+    let order = &mut out.header_order;
+    order.clear();
+    order.extend(0..headers.0.len() as u32);
+    order.sort_by(|&a, &b| {
+        let name = |index: u32| headers.0.get(index as usize).map(|(key, _)| key.as_bytes());
+        name(a).cmp(&name(b))
+    });
+    out.headers_sorted = true;
 }
 
 #[cfg(test)]
