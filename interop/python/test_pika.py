@@ -629,3 +629,197 @@ def test_reconnect_redeclare(names):
         assert drain(channel, queue) == [b"before", b"after"]
     finally:
         second.close()
+
+
+# -- more of the broker's contract: consumers, recover, tx, purge, reply-to, heartbeats --------
+
+
+def test_consumer_round_robin(connection, names):
+    channel = connection.channel()
+    queue = names.queue()
+    channel.queue_declare(queue)
+    got = {"a": [], "b": []}
+    channel.basic_consume(queue, lambda ch, m, p, b: got["a"].append(b), auto_ack=True)
+    channel.basic_consume(queue, lambda ch, m, p, b: got["b"].append(b), auto_ack=True)
+    for i in range(10):
+        channel.basic_publish("", queue, str(i).encode())
+    deadline = time.monotonic() + 5
+    while len(got["a"]) + len(got["b"]) < 10 and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.05)
+    # Alternating between the two consumers, each in publish order.
+    assert sorted([got["a"], got["b"]]) == [
+        [str(i).encode() for i in range(0, 10, 2)],
+        [str(i).encode() for i in range(1, 10, 2)],
+    ]
+
+
+def test_exclusive_consumer_refused(connection, names):
+    channel = connection.channel()
+    queue = names.queue()
+    channel.queue_declare(queue)
+    channel.basic_consume(queue, lambda *args: None, exclusive=True)
+    other = connection.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        other.basic_consume(queue, lambda *args: None)
+    assert_channel_closed(excinfo, 403, "ACCESS_REFUSED")
+    assert f"queue '{queue}' in vhost '{BROKER.vhost}' in exclusive use" in excinfo.value.reply_text
+    assert channel.is_open and connection.is_open
+
+
+def test_basic_recover_redelivers(connection, names):
+    channel = connection.channel()
+    queue = names.queue()
+    channel.queue_declare(queue)
+    for body in (b"r1", b"r2"):
+        channel.basic_publish("", queue, body)
+    first, _p, _b = channel.basic_get(queue)
+    second, _p, _b = channel.basic_get(queue)
+    assert not first.redelivered and not second.redelivered
+    channel.basic_recover(requeue=True)
+    got = [channel.basic_get(queue, auto_ack=True) for _ in range(2)]
+    assert [(m.redelivered, b) for m, _p, b in got] == [(True, b"r1"), (True, b"r2")]
+
+
+def test_tx_commit_rollback(connection, names):
+    channel = connection.channel()
+    queue = names.queue()
+    channel.queue_declare(queue)
+    channel.tx_select()
+    channel.basic_publish("", queue, b"rolled-back")
+    channel.tx_rollback()
+    channel.basic_publish("", queue, b"committed")
+    check = connection.channel()
+    assert check.queue_declare(queue, passive=True).method.message_count == 0
+    channel.tx_commit()
+    assert drain(check, queue) == [b"committed"]
+    # Acks are transactional too: a rolled-back ack leaves the message unacked.
+    channel.basic_publish("", queue, b"ack-me")
+    channel.tx_commit()
+    method, _p, body = channel.basic_get(queue)
+    assert body == b"ack-me"
+    channel.basic_ack(method.delivery_tag)
+    channel.tx_rollback()
+    channel.basic_ack(method.delivery_tag)
+    channel.tx_commit()
+    assert check.queue_declare(queue, passive=True).method.message_count == 0
+
+
+def test_confirm_then_tx_refused(connection):
+    channel = connection.channel()
+    channel.confirm_delivery()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        channel.tx_select()
+    assert_channel_closed(excinfo, 406, "PRECONDITION_FAILED")
+    assert connection.is_open
+
+
+def test_global_prefetch_shared(connection, names):
+    channel = connection.channel()
+    q1, q2 = names.queue("q1"), names.queue("q2")
+    for queue in (q1, q2):
+        channel.queue_declare(queue)
+        for i in range(5):
+            channel.basic_publish("", queue, f"{queue}-{i}".encode())
+    # RabbitMQ 3.x: global=True is a limit shared by all consumers of the channel.
+    channel.basic_qos(prefetch_count=3, global_qos=True)
+    got = []
+    channel.basic_consume(q1, lambda ch, m, p, b: got.append(m))
+    channel.basic_consume(q2, lambda ch, m, p, b: got.append(m))
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.05)
+    quiet = time.monotonic() + 0.3
+    while time.monotonic() < quiet:
+        connection.process_data_events(time_limit=0.05)
+    assert len(got) == 3
+    channel.basic_ack(got[-1].delivery_tag, multiple=True)
+    deadline = time.monotonic() + 5
+    while len(got) < 6 and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.05)
+    assert len(got) == 6
+
+
+def test_queue_purge_and_conditional_delete(connection, names):
+    channel = connection.channel()
+    channel.confirm_delivery()
+    queue = names.queue()
+    channel.queue_declare(queue)
+    for i in range(3):
+        channel.basic_publish("", queue, b"x")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        channel.queue_delete(queue, if_empty=True)
+    assert_channel_closed(excinfo, 406, "PRECONDITION_FAILED")
+    channel = connection.channel()
+    # Confirms, so the declare-ok count below cannot overtake the publish.
+    channel.confirm_delivery()
+    assert channel.queue_purge(queue).method.message_count == 3
+    tag = channel.basic_consume(queue, lambda *args: None)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        connection.channel().queue_delete(queue, if_unused=True)
+    assert_channel_closed(excinfo, 406, "PRECONDITION_FAILED")
+    channel.basic_cancel(tag)
+    channel.basic_publish("", queue, b"last")
+    assert channel.queue_declare(queue, passive=True).method.message_count == 1
+    assert channel.queue_delete(queue, if_unused=True).method.message_count == 1
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        channel.queue_declare(queue, passive=True)
+    assert_channel_closed(excinfo, 404, "NOT_FOUND")
+
+
+def test_direct_reply_to(connection, names):
+    requests = names.queue("requests")
+    client = connection.channel()
+    client.queue_declare(requests)
+    replies = []
+    client.basic_consume("amq.rabbitmq.reply-to", lambda ch, m, p, b: replies.append((p, b)), auto_ack=True)
+    client.basic_publish("", requests, b"ping", BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="c1"))
+    server = connect()
+    try:
+        channel = server.channel()
+        method, props, body = None, None, None
+        deadline = time.monotonic() + 5
+        while method is None and time.monotonic() < deadline:
+            method, props, body = channel.basic_get(requests, auto_ack=True)
+        assert body == b"ping"
+        assert props.reply_to.startswith("amq.rabbitmq.reply-to.")
+        channel.basic_publish("", props.reply_to, b"pong", BasicProperties(correlation_id=props.correlation_id))
+    finally:
+        server.close()
+    deadline = time.monotonic() + 5
+    while not replies and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.05)
+    assert [(p.correlation_id, b) for p, b in replies] == [("c1", b"pong")]
+
+
+def test_heartbeat_keeps_idle_connection():
+    # A 1 s heartbeat: pika closes the connection if the broker sends nothing for ~2 intervals,
+    # and the broker closes it if pika's heartbeats were not read. Idle for 3.5 s, it must live.
+    connection = connect(heartbeat=1)
+    try:
+        connection.sleep(3.5)
+        assert connection.is_open
+        channel = connection.channel()
+        assert channel.queue_declare("", exclusive=True).method.queue.startswith("amq.gen-")
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def test_unacked_requeued_on_connection_close(names):
+    first = connect()
+    channel = first.channel()
+    queue = names.queue()
+    channel.queue_declare(queue)
+    for body in (b"m1", b"m2"):
+        channel.basic_publish("", queue, body)
+    got = collect(first, channel, queue, 2)
+    assert [b for _m, _p, b in got] == [b"m1", b"m2"]
+    first.close()
+    second = connect()
+    try:
+        channel = second.channel()
+        # Consume rather than get: the requeue may land a moment after close-ok.
+        again = collect(second, channel, queue, 2, auto_ack=True)
+        assert [(m.redelivered, b) for m, _p, b in again] == [(True, b"m1"), (True, b"m2")]
+    finally:
+        second.close()

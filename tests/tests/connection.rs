@@ -166,10 +166,10 @@ async fn heartbeats_are_sent_and_a_silent_peer_is_closed() {
     let start = tokio::time::Instant::now();
     let hb = raw.read_frame().await.unwrap();
     assert_eq!(hb.kind, 8, "a heartbeat on an idle connection");
-    assert!(start.elapsed() < Duration::from_millis(1500));
+    assert!(start.elapsed() < Duration::from_millis(2500));
     // We never send anything: two intervals later the broker gives up.
     assert!(raw.closed_by_peer().await);
-    assert!(start.elapsed() < Duration::from_secs(4));
+    assert!(start.elapsed() < Duration::from_secs(6));
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
-use warren_tests::{TestBroker, amqp_error, within};
+use warren_tests::{RawClient, TestBroker, amqp_error, within};
 
 async fn get_body(channel: &lapin::Channel, queue: &str) -> Option<Vec<u8>> {
     channel
@@ -382,21 +382,13 @@ async fn exchange_to_exchange_bindings_route() {
 #[tokio::test]
 async fn publish_to_missing_exchange_is_404_and_internal_403() {
     let broker = TestBroker::start().await;
-    let (_conn, channel) = broker.channel().await;
-    publish(&channel, "missing", "k", b"x").await;
-    let err = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let mut raw = RawClient::handshake(broker.addr(), 2047, 131072, 0).await;
+    raw.open_channel(1).await;
+    raw.publish(1, "missing", "k", &[0, 0], b"x").await;
     assert_eq!(
-        amqp_error(&err),
-        Some((404, "NOT_FOUND - no exchange 'missing' in vhost '/'".into()))
+        raw.expect_channel_close(1).await,
+        (404, "NOT_FOUND - no exchange 'missing' in vhost '/'".into())
     );
-
     let (_conn, channel) = broker.channel().await;
     channel
         .exchange_declare(
@@ -410,21 +402,14 @@ async fn publish_to_missing_exchange_is_404_and_internal_403() {
         )
         .await
         .unwrap();
-    publish(&channel, "inside", "k", b"x").await;
-    let err = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    raw.open_channel(2).await;
+    raw.publish(2, "inside", "k", &[0, 0], b"x").await;
     assert_eq!(
-        amqp_error(&err),
-        Some((
+        raw.expect_channel_close(2).await,
+        (
             403,
             "ACCESS_REFUSED - cannot publish to internal exchange 'inside' in vhost '/'".into()
-        ))
+        )
     );
 }
 

@@ -26,8 +26,8 @@ pub enum RouteOutcome {
     Unroutable,
     /// No exchange by that name: the server closes the channel with 404 NOT_FOUND.
     ExchangeNotFound,
-    /// The exchange is internal: the server closes the channel with 403 ACCESS_REFUSED
-    /// (`cannot publish to internal exchange`). Nothing was routed.
+    /// The exchange is internal: the server closes the channel with 403 ACCESS_REFUSED,
+    /// `cannot publish to internal exchange 'x' in vhost '/'`. Nothing was routed.
     InternalExchange,
 }
 
@@ -54,8 +54,8 @@ pub struct RouteBuf<Q> {
     visited_set: FastSet<usize>,
     /// Word boundaries of the routing key being matched against a topic trie.
     pub(crate) words: Vec<(u32, u32)>,
-    /// Pending topic-trie states (node, word index, memoize?).
-    pub(crate) stack: Vec<(u32, u32, bool)>,
+    /// Pending topic-trie states (node, word index, `#` nodes on the path up to 2).
+    pub(crate) stack: Vec<(u32, u32, u8)>,
     /// Topic-trie states already explored below a `#`; bounds the work on adversarial patterns.
     pub(crate) memo: FastSet<u64>,
     /// Indices of the message's headers sorted by name (stable), built once per message.

@@ -120,6 +120,8 @@ pub struct Removed {
 /// A queue known to the topology: the router's id (for dedup) and the server's handle.
 #[derive(Debug)]
 struct QueueEntry<Q> {
+    /// The queue's name (the map key holds the same bytes).
+    name: ShortString,
     id: QueueId,
     handle: Q,
 }
@@ -185,13 +187,89 @@ impl<Q: Clone> Routes<Q> {
     }
 }
 
+/// A set of (source, routing key) pairs: a vector while small (most queues have a binding or
+/// two, and a hash set's smallest table is four times bigger), a hash set once large (so a
+/// queue bound 100k times still unbinds in O(1)).
+#[derive(Debug)]
+enum PairSet {
+    Small(Vec<(ShortString, ShortString)>),
+    Large(FastSet<(ShortString, ShortString)>),
+}
+
+const PAIR_SET_SMALL_MAX: usize = 8;
+
+impl Default for PairSet {
+    fn default() -> Self {
+        PairSet::Small(Vec::new())
+    }
+}
+
+impl PairSet {
+    fn insert(&mut self, pair: (ShortString, ShortString)) {
+        match self {
+            PairSet::Small(pairs) => {
+                if pairs.contains(&pair) {
+                    return;
+                }
+                if pairs.len() < PAIR_SET_SMALL_MAX {
+                    if pairs.is_empty() {
+                        pairs.reserve_exact(1);
+                    }
+                    pairs.push(pair);
+                } else {
+                    let mut set: FastSet<_> = pairs.drain(..).collect();
+                    set.insert(pair);
+                    *self = PairSet::Large(set);
+                }
+            }
+            PairSet::Large(set) => {
+                set.insert(pair);
+            }
+        }
+    }
+
+    fn remove(&mut self, pair: &(ShortString, ShortString)) {
+        match self {
+            PairSet::Small(pairs) => {
+                if let Some(pos) = pairs.iter().position(|p| p == pair) {
+                    pairs.swap_remove(pos);
+                }
+            }
+            PairSet::Large(set) => {
+                set.remove(pair);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            PairSet::Small(pairs) => pairs.is_empty(),
+            PairSet::Large(set) => set.is_empty(),
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = &(ShortString, ShortString)> + '_> {
+        match self {
+            PairSet::Small(pairs) => Box::new(pairs.iter()),
+            PairSet::Large(set) => Box::new(set.iter()),
+        }
+    }
+
+    fn into_vec(self) -> Vec<(ShortString, ShortString)> {
+        match self {
+            PairSet::Small(pairs) => pairs,
+            PairSet::Large(set) => set.into_iter().collect(),
+        }
+    }
+}
+
 /// The authoritative bindings, kept for writers and listings only.
 #[derive(Debug, Default)]
 struct Catalog {
     /// source -> (destination, key) -> the distinct sorted argument tables bound.
     by_source: FastMap<ShortString, FastMap<(Destination, ShortString), Vec<FieldTable>>>,
     /// destination -> (source, key) pairs with at least one binding.
-    by_destination: FastMap<Destination, FastSet<(ShortString, ShortString)>>,
+    by_destination: FastMap<Destination, PairSet>,
     /// The next never-used queue id.
     next_queue_id: QueueId,
     /// Ids of removed queues, reused first so ids stay dense.
@@ -471,7 +549,7 @@ impl<Q: Clone> Topology<Q> {
             return Vec::new();
         };
         let mut sources = Vec::new();
-        for (source, key) in pairs {
+        for (source, key) in pairs.into_vec() {
             let Some(bindings) = catalog.by_source.get_mut(&source) else {
                 continue;
             };
@@ -551,7 +629,7 @@ impl<Q: Clone> Topology<Q> {
         let name = own(&name);
         self.queues
             .write()
-            .insert(name.as_shared().clone(), QueueEntry { id, handle });
+            .insert(name.as_shared().clone(), QueueEntry { name, id, handle });
         true
     }
 
@@ -628,32 +706,32 @@ impl<Q: Clone> Topology<Q> {
         let source = self
             .lookup(binding.source.as_bytes())
             .ok_or_else(|| self.exchange_not_found(binding.source.as_bytes()))?;
-        let target = match &binding.destination {
+        // The destination's name is taken from the stored queue or exchange, so that every
+        // binding shares one copy of it.
+        let (target, destination) = match &binding.destination {
             Destination::Queue(name) => {
                 let queues = self.queues.read();
                 let entry = queues
                     .get(name.as_bytes())
                     .ok_or_else(|| self.queue_not_found(name.as_bytes()))?;
-                Target::Queue {
+                let target = Target::Queue {
                     id: entry.id,
                     handle: entry.handle.clone(),
-                }
+                };
+                (target, Destination::Queue(entry.name.clone()))
             }
             Destination::Exchange(name) => {
                 let exchange = self
                     .lookup(name.as_bytes())
                     .ok_or_else(|| self.exchange_not_found(name.as_bytes()))?;
-                Target::Exchange(exchange.def.name.as_shared().clone())
+                let target = Target::Exchange(exchange.def.name.as_shared().clone());
+                (target, Destination::Exchange(exchange.def.name.clone()))
             }
         };
         if source.def.kind == ExchangeKind::Headers {
             XMatch::from_arguments(&binding.arguments)?;
         }
         let arguments = own_table(&sorted_arguments(&binding.arguments));
-        let destination = match &binding.destination {
-            Destination::Queue(name) => Destination::Queue(own(name)),
-            Destination::Exchange(name) => Destination::Exchange(own(name)),
-        };
         let source_name = source.def.name.clone();
         let key = own(&binding.routing_key);
         let tables = catalog
@@ -661,7 +739,7 @@ impl<Q: Clone> Topology<Q> {
             .entry(source_name.clone())
             .or_default()
             .entry((destination.clone(), key.clone()))
-            .or_default();
+            .or_insert_with(|| Vec::with_capacity(1));
         if tables.contains(&arguments) {
             return Ok(false);
         }
@@ -678,28 +756,20 @@ impl<Q: Clone> Topology<Q> {
         Ok(true)
     }
 
-    /// `queue.unbind` / `exchange.unbind`. Unbinding what is not bound is not an error
-    /// (`removed.bindings` is then empty). 403 when either end is `""`; 404 when the source or
-    /// destination does not exist. An auto-delete source left without bindings is deleted and
-    /// reported in `removed.exchanges`.
+    /// `queue.unbind` / `exchange.unbind`. Unbinding what is not bound is not an error, even
+    /// when the source or destination does not exist (RabbitMQ 3.10 answers `unbind-ok`):
+    /// `removed.bindings` is then empty. 403 when either end is `""`. An auto-delete source
+    /// left without bindings is deleted and reported in `removed.exchanges`.
     pub fn unbind(&self, binding: &Binding) -> Result<Removed, RouterError> {
         if binding.source.is_empty() || binding.destination.name().is_empty() {
             return Err(Self::default_exchange_refused());
         }
         let mut catalog = self.catalog.lock();
-        let source = self
-            .lookup(binding.source.as_bytes())
-            .ok_or_else(|| self.exchange_not_found(binding.source.as_bytes()))?;
-        let dest_key = match &binding.destination {
-            Destination::Queue(name) => self
-                .dest_key(&binding.destination)
-                .ok_or_else(|| self.queue_not_found(name.as_bytes()))?,
-            Destination::Exchange(name) => {
-                if self.lookup(name.as_bytes()).is_none() {
-                    return Err(self.exchange_not_found(name.as_bytes()));
-                }
-                DestKey::Exchange(name.as_shared().clone())
-            }
+        let (Some(source), Some(dest_key)) = (
+            self.lookup(binding.source.as_bytes()),
+            self.dest_key(&binding.destination),
+        ) else {
+            return Ok(Removed::default());
         };
         let arguments = sorted_arguments(&binding.arguments);
         let pair = (binding.destination.clone(), binding.routing_key.clone());
@@ -740,8 +810,8 @@ impl<Q: Clone> Topology<Q> {
             routing_key: binding.routing_key.clone(),
             arguments,
         });
-        for name in self.unused_auto_delete(&catalog, vec![source.def.name.clone()]) {
-            self.delete_exchange_locked(&mut catalog, name, &mut removed);
+        if source.def.auto_delete && !catalog.by_source.contains_key(&source.def.name) {
+            self.delete_exchange_locked(&mut catalog, source.def.name.clone(), &mut removed);
         }
         Ok(removed)
     }
@@ -836,7 +906,7 @@ fn bindings_to(catalog: &Catalog, destination: &Destination) -> Vec<Binding> {
     let Some(pairs) = catalog.by_destination.get(destination) else {
         return list;
     };
-    for (source, key) in pairs {
+    for (source, key) in pairs.iter() {
         let tables = catalog
             .by_source
             .get(source)

@@ -91,6 +91,9 @@ pub struct VHost {
     topology: Topology<Arc<QueueEntity>>,
     /// The broker's memory account, handed to new queues.
     memory: Arc<MemoryMonitor>,
+    /// Direct reply-to queues by name (`amq.rabbitmq.reply-to.` + random): reachable through
+    /// the default exchange only, never bound or listed.
+    reply_queues: parking_lot::RwLock<HashMap<ShortString, Arc<QueueEntity>>>,
 }
 
 /// Maps a router error to the scope RabbitMQ closes (503 closes the connection).
@@ -109,6 +112,7 @@ impl VHost {
             name: Arc::from(name),
             topology: Topology::new(name),
             memory,
+            reply_queues: parking_lot::RwLock::new(HashMap::new()),
         }
     }
 
@@ -120,6 +124,33 @@ impl VHost {
     /// A queue by name.
     pub fn queue(&self, name: &ShortString) -> Option<Arc<QueueEntity>> {
         self.topology.queue(name.as_bytes())
+    }
+
+    /// The direct reply-to queue a routing key names, if it is one (default exchange only).
+    pub fn reply_queue(&self, routing_key: &ShortString) -> Option<Arc<QueueEntity>> {
+        if !routing_key
+            .as_bytes()
+            .starts_with(b"amq.rabbitmq.reply-to.")
+        {
+            return None;
+        }
+        self.reply_queues.read().get(routing_key).cloned()
+    }
+
+    /// A private queue for a direct reply-to consumer, deleted with its consumer.
+    pub fn create_reply_queue(&self, conn_id: u64) -> Arc<QueueEntity> {
+        let name = crate::queue::generated_name("amq.rabbitmq.reply-to.");
+        let queue = Arc::new(QueueEntity::new(
+            name.clone(),
+            Arc::clone(&self.name),
+            false,
+            true,
+            Some(conn_id),
+            FieldTable::new(),
+            Arc::clone(&self.memory),
+        ));
+        self.reply_queues.write().insert(name, Arc::clone(&queue));
+        queue
     }
 
     // ===== Exchanges =====
@@ -305,6 +336,8 @@ impl VHost {
         let current = self.topology.queue(queue.name.as_bytes());
         if current.is_some_and(|q| Arc::ptr_eq(&q, queue)) {
             self.topology.remove_queue(queue.name.as_bytes());
+        } else if queue.name.as_bytes().starts_with(b"amq.rabbitmq.reply-to.") {
+            self.reply_queues.write().remove(&queue.name);
         }
         queue.delete()
     }

@@ -27,6 +27,9 @@ use crate::connection::{ClientCaps, Out};
 use crate::error::{AmqpError, ChannelError, ConnectionError};
 use crate::queue::{AttachError, ChannelShared, Consumer, Outbox, QueueEntity, generated_name};
 
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// What the connection must do after a handler returned.
 pub enum After {
     /// Nothing more.
@@ -57,6 +60,8 @@ pub struct ConnCtx<'a> {
     pub exclusive_queues: &'a mut Vec<Arc<QueueEntity>>,
     /// Channels with confirms to flush at the end of the batch.
     pub confirm_dirty: &'a mut Vec<u16>,
+    /// The authenticated user (checked against the `user_id` property).
+    pub user: &'a str,
 }
 
 /// A publish whose content is complete.
@@ -176,6 +181,9 @@ pub struct Channel {
     /// `basic.qos` with `global = false`: the prefetch new consumers get.
     consumer_prefetch: u32,
     mode: Mode,
+    /// The name of this channel's direct reply-to queue, once it consumed
+    /// `amq.rabbitmq.reply-to`.
+    reply_to: Option<ShortString>,
     /// Scratch space for routing, reused from one publish to the next.
     route_buf: warren_router::RouteBuf<Arc<QueueEntity>>,
 }
@@ -199,6 +207,7 @@ impl Channel {
             consumers: HashMap::new(),
             consumer_prefetch: 0,
             mode: Mode::Plain,
+            reply_to: None,
             route_buf: warren_router::RouteBuf::new(),
         }
     }
@@ -620,7 +629,11 @@ impl Channel {
         ctx: &mut ConnCtx<'_>,
     ) -> Result<After, AmqpError> {
         let n = self.number;
-        let queue = self.queue_for(&consume.queue, ctx)?;
+        let queue = if consume.queue.as_bytes() == REPLY_TO.as_bytes() {
+            self.reply_queue(&consume, ctx)?
+        } else {
+            self.queue_for(&consume.queue, ctx)?
+        };
         let tag = if consume.consumer_tag.is_empty() {
             generated_name("amq.ctag-")
         } else {
@@ -670,6 +683,26 @@ impl Channel {
                 .into())
             }
         }
+    }
+
+    /// Direct reply-to: consuming the pseudo-queue `amq.rabbitmq.reply-to` creates a private
+    /// queue (no bindings, not listed) that replies are routed to by its generated name.
+    fn reply_queue(
+        &mut self,
+        consume: &m::BasicConsume,
+        ctx: &mut ConnCtx<'_>,
+    ) -> Result<Arc<QueueEntity>, AmqpError> {
+        if !consume.no_ack {
+            return Err(
+                ChannelError::precondition_failed("reply consumer cannot acknowledge").into(),
+            );
+        }
+        if self.reply_to.is_some() {
+            return Err(ChannelError::precondition_failed("reply consumer already set").into());
+        }
+        let queue = ctx.vhost.create_reply_queue(ctx.conn_id);
+        self.reply_to = Some(queue.name.clone());
+        Ok(queue)
     }
 
     fn recv_get(&mut self, get: m::BasicGet, ctx: &mut ConnCtx<'_>) -> Result<(), AmqpError> {
@@ -846,6 +879,17 @@ impl Channel {
 
     /// A complete message from the client.
     pub fn publish(&mut self, publish: Publish, ctx: &mut ConnCtx<'_>) -> Result<After, AmqpError> {
+        // RabbitMQ refuses a user-id property that is not the connection's user (no impersonation).
+        if let Some(user_id) = &publish.properties.user_id
+            && user_id.as_bytes() != ctx.user.as_bytes()
+        {
+            return Err(ChannelError::precondition_failed(format!(
+                "user_id property set to '{user_id}' but authenticated user was '{}'",
+                ctx.user
+            ))
+            .on(60, 40)
+            .into());
+        }
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             // Check the exchange now, as RabbitMQ does, but route at commit.
             ctx.vhost.check_publish(&publish.exchange)?;
@@ -856,16 +900,43 @@ impl Channel {
         Ok(After::Nothing)
     }
 
-    fn route(&mut self, publish: Publish, ctx: &mut ConnCtx<'_>) -> Result<(), AmqpError> {
+    fn route(&mut self, mut publish: Publish, ctx: &mut ConnCtx<'_>) -> Result<(), AmqpError> {
         let n = self.number;
-        ctx.vhost.route(
-            &publish.exchange,
-            &publish.routing_key,
-            publish.properties.headers.as_ref(),
-            &mut self.route_buf,
-        )?;
+        if publish
+            .properties
+            .reply_to
+            .as_ref()
+            .map(ShortString::as_bytes)
+            == Some(REPLY_TO.as_bytes())
+        {
+            // Direct reply-to: the reply address becomes this channel's private queue.
+            let Some(name) = &self.reply_to else {
+                return Err(ChannelError::precondition_failed(
+                    "fast reply consumer does not exist",
+                )
+                .on(60, 40)
+                .into());
+            };
+            publish.properties.reply_to = Some(name.clone());
+            let mut raw = bytes::BytesMut::new();
+            publish.properties.encode(&mut raw);
+            publish.raw_properties = raw.freeze();
+        }
+        let direct = if publish.exchange.is_empty() {
+            ctx.vhost.reply_queue(&publish.routing_key)
+        } else {
+            None
+        };
+        if direct.is_none() {
+            ctx.vhost.route(
+                &publish.exchange,
+                &publish.routing_key,
+                publish.properties.headers.as_ref(),
+                &mut self.route_buf,
+            )?;
+        }
         let persistent = publish.properties.delivery_mode == Some(2);
-        if self.route_buf.is_empty() {
+        if direct.is_none() && self.route_buf.is_empty() {
             if publish.mandatory {
                 // The return goes out before this message's confirm.
                 self.flush_confirms(ctx.out);
@@ -890,6 +961,9 @@ impl Channel {
                 )
                 .with_persistent(persistent),
             );
+            if let Some(queue) = direct {
+                queue.publish(Arc::clone(&message));
+            }
             for queue in self.route_buf.drain() {
                 queue.publish(Arc::clone(&message));
             }

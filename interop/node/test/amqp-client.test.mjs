@@ -317,3 +317,50 @@ scenario("reconnect_redeclare", async (n) => {
   assert.deepEqual(await drain(ch, queue), ["before"]);
   await second.close();
 });
+
+scenario("tx_commit_rollback", async (n) => {
+  const conn = await connect();
+  const ch = await conn.channel();
+  const queue = n.queue();
+  await ch.queueDeclare(queue);
+  await ch.txSelect();
+  await ch.basicPublish("", queue, "rolled-back");
+  await ch.txRollback();
+  await ch.basicPublish("", queue, "committed");
+  const check = await conn.channel();
+  assert.equal((await check.queueDeclare(queue, { passive: true })).messageCount, 0);
+  await ch.txCommit();
+  assert.deepEqual(await drain(check, queue), ["committed"]);
+  await conn.close();
+});
+
+scenario("confirm_then_tx_refused", async () => {
+  const conn = await connect();
+  const ch = await conn.channel();
+  await ch.confirmSelect();
+  await expectChannelClose(ch.txSelect(), 406, "PRECONDITION_FAILED");
+  assert.equal(conn.closed, false);
+  await conn.close();
+});
+
+scenario("direct_reply_to", async (n) => {
+  const conn = await connect();
+  const ch = await conn.channel();
+  const requests = n.queue("requests");
+  await ch.queueDeclare(requests);
+  const replies = [];
+  await ch.basicConsume("amq.rabbitmq.reply-to", { noAck: true }, (m) => {
+    replies.push([m.properties.correlationId, m.bodyToString()]);
+  });
+  await ch.basicPublish("", requests, "ping", { replyTo: "amq.rabbitmq.reply-to", correlationId: "c1" });
+  const server = await connect();
+  const serverChannel = await server.channel();
+  let request = null;
+  await waitFor(async () => (request = await serverChannel.basicGet(requests, { noAck: true })) !== null);
+  assert.match(request.properties.replyTo, /^amq\.rabbitmq\.reply-to\./);
+  await serverChannel.basicPublish("", request.properties.replyTo, "pong", { correlationId: request.properties.correlationId });
+  await waitFor(() => replies.length === 1);
+  assert.deepEqual(replies, [["c1", "pong"]]);
+  await server.close();
+  await conn.close();
+});

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import amqplib from "amqplib";
-import { BROKER, amqplibOptions, client, settle, track, waitFor } from "../lib/helpers.mjs";
+import { BROKER, amqplibOptions, client, settle, sleep, track, waitFor } from "../lib/helpers.mjs";
 
 const scenario = client("amqplib");
 
@@ -567,5 +567,144 @@ scenario("reconnect_redeclare", async (n) => {
   ch.publish(exchange, "k.2", Buffer.from("after"));
   await ch.waitForConfirms();
   assert.deepEqual(await drain(ch, queue), ["before", "after"]);
+  await second.close();
+});
+
+// -- more of the broker's contract: consumers, recover, purge, reply-to, heartbeats ------------
+
+scenario("consumer_round_robin", async (n) => {
+  const connection = await connect();
+  const ch = await channel(connection);
+  const queue = n.queue();
+  await ch.assertQueue(queue);
+  const got = { a: [], b: [] };
+  await ch.consume(queue, (m) => m && got.a.push(m.content.toString()), { noAck: true });
+  await ch.consume(queue, (m) => m && got.b.push(m.content.toString()), { noAck: true });
+  for (let i = 0; i < 10; i++) ch.sendToQueue(queue, Buffer.from(String(i)));
+  await waitFor(() => got.a.length + got.b.length === 10);
+  const evens = ["0", "2", "4", "6", "8"];
+  const odds = ["1", "3", "5", "7", "9"];
+  assert.deepEqual([got.a, got.b].sort(), [evens, odds]);
+  await connection.close();
+});
+
+scenario("exclusive_consumer_refused", async (n) => {
+  const connection = await connect();
+  const ch = await channel(connection);
+  const queue = n.queue();
+  await ch.assertQueue(queue);
+  await ch.consume(queue, () => {}, { exclusive: true });
+  await expectChannelClose((await channel(connection)).consume(queue, () => {}), 403, "ACCESS_REFUSED");
+  await ch.checkQueue(queue); // the exclusive consumer's channel is unaffected
+  await connection.close();
+});
+
+scenario("basic_recover_redelivers", async (n) => {
+  const connection = await connect();
+  const ch = await channel(connection);
+  const queue = n.queue();
+  await ch.assertQueue(queue);
+  ch.sendToQueue(queue, Buffer.from("r1"));
+  ch.sendToQueue(queue, Buffer.from("r2"));
+  const first = await ch.get(queue);
+  const second = await ch.get(queue);
+  assert.deepEqual([first.fields.redelivered, second.fields.redelivered], [false, false]);
+  await ch.recover();
+  const again = [await ch.get(queue, { noAck: true }), await ch.get(queue, { noAck: true })];
+  assert.deepEqual(again.map((m) => [m.fields.redelivered, m.content.toString()]), [[true, "r1"], [true, "r2"]]);
+  await connection.close();
+});
+
+scenario("global_prefetch_shared", async (n) => {
+  const connection = await connect();
+  const ch = await channel(connection, true);
+  const [q1, q2] = [n.queue("q1"), n.queue("q2")];
+  for (const queue of [q1, q2]) {
+    await ch.assertQueue(queue);
+    for (let i = 0; i < 5; i++) ch.sendToQueue(queue, Buffer.from(`${queue}-${i}`));
+  }
+  await ch.waitForConfirms();
+  // RabbitMQ 3.x: global=true is one limit shared by all consumers of the channel.
+  await ch.prefetch(3, true);
+  const got = [];
+  await ch.consume(q1, (m) => m && got.push(m));
+  await ch.consume(q2, (m) => m && got.push(m));
+  const count = () => got.length;
+  await settle(count, 3);
+  ch.ack(got[got.length - 1], true);
+  await settle(count, 6);
+  await connection.close();
+});
+
+scenario("queue_purge_and_conditional_delete", async (n) => {
+  const connection = await connect();
+  const ch = await channel(connection, true);
+  const queue = n.queue();
+  await ch.assertQueue(queue);
+  for (let i = 0; i < 3; i++) ch.sendToQueue(queue, Buffer.from("x"));
+  await ch.waitForConfirms();
+  await expectChannelClose(ch.deleteQueue(queue, { ifEmpty: true }), 406, "PRECONDITION_FAILED");
+  const next = await channel(connection, true);
+  assert.equal((await next.purgeQueue(queue)).messageCount, 3);
+  const { consumerTag } = await next.consume(queue, () => {});
+  await expectChannelClose((await channel(connection)).deleteQueue(queue, { ifUnused: true }), 406, "PRECONDITION_FAILED");
+  await next.cancel(consumerTag);
+  next.sendToQueue(queue, Buffer.from("last"));
+  await next.waitForConfirms();
+  assert.equal((await next.deleteQueue(queue, { ifUnused: true })).messageCount, 1);
+  await expectChannelClose(next.checkQueue(queue), 404, "NOT_FOUND");
+  await connection.close();
+});
+
+scenario("direct_reply_to", async (n) => {
+  const connection = await connect();
+  const ch = await channel(connection);
+  const requests = n.queue("requests");
+  await ch.assertQueue(requests);
+  const replies = [];
+  await ch.consume("amq.rabbitmq.reply-to", (m) => m && replies.push(m), { noAck: true });
+  ch.sendToQueue(requests, Buffer.from("ping"), { replyTo: "amq.rabbitmq.reply-to", correlationId: "c1" });
+  const server = await connect();
+  const serverChannel = await channel(server);
+  let request = false;
+  await waitFor(async () => (request = await serverChannel.get(requests, { noAck: true })) !== false);
+  assert.equal(request.content.toString(), "ping");
+  assert.match(request.properties.replyTo, /^amq\.rabbitmq\.reply-to\./);
+  serverChannel.sendToQueue(request.properties.replyTo, Buffer.from("pong"), { correlationId: request.properties.correlationId });
+  await waitFor(() => replies.length === 1);
+  assert.deepEqual([replies[0].properties.correlationId, replies[0].content.toString()], ["c1", "pong"]);
+  await server.close();
+  await connection.close();
+});
+
+scenario("heartbeat_keeps_idle_connection", async () => {
+  // A 1 s heartbeat both ways: amqplib closes the connection when the broker is silent for two
+  // intervals, and the broker closes it when it misses amqplib's heartbeats.
+  const connection = await amqplib.connect(amqplibOptions({ heartbeat: 1 }), { timeout: 5000 });
+  track(() => connection.close());
+  let closed = null;
+  connection.on("error", (error) => (closed = error));
+  connection.on("close", (error) => (closed = error ?? "closed"));
+  await sleep(3500);
+  assert.equal(closed, null);
+  const ch = await channel(connection);
+  assert.match((await ch.assertQueue("", { exclusive: true })).queue, /^amq\.gen-/);
+  await connection.close();
+});
+
+scenario("unacked_requeued_on_connection_close", async (n) => {
+  const first = await connect();
+  const ch = await channel(first);
+  const queue = n.queue();
+  await ch.assertQueue(queue);
+  ch.sendToQueue(queue, Buffer.from("m1"));
+  ch.sendToQueue(queue, Buffer.from("m2"));
+  assert.deepEqual((await collect(ch, queue, 2)).map((m) => m.content.toString()), ["m1", "m2"]);
+  await first.close();
+  const second = await connect();
+  const next = await channel(second);
+  // Consume rather than get: the requeue may land a moment after close-ok.
+  const again = await collect(next, queue, 2, { noAck: true });
+  assert.deepEqual(again.map((m) => [m.fields.redelivered, m.content.toString()]), [[true, "m1"], [true, "m2"]]);
   await second.close();
 });
