@@ -905,3 +905,34 @@ async fn reply_to_without_a_reply_consumer_is_406() {
         )
     );
 }
+
+#[tokio::test]
+async fn user_id_other_than_the_login_is_406() {
+    let broker = TestBroker::start().await;
+    let mut raw = RawClient::handshake(broker.addr(), 2047, 131072, 0).await;
+    raw.open_channel(1).await;
+    // user-id is the 12th property: flag bit 15 - 11 = 4.
+    let props = [
+        (1u16 << 4).to_be_bytes().to_vec(),
+        warren_tests::shortstr("someone-else"),
+    ]
+    .concat();
+    raw.publish(1, "", "anything", &props, b"x").await;
+    assert_eq!(
+        raw.expect_channel_close(1).await,
+        (
+            406,
+            "PRECONDITION_FAILED - user_id property set to 'someone-else' but authenticated user was 'guest'".into()
+        )
+    );
+    // The right user-id is accepted.
+    raw.open_channel(2).await;
+    raw.declare_queue(2, "uid").await;
+    let props = [
+        (1u16 << 4).to_be_bytes().to_vec(),
+        warren_tests::shortstr("guest"),
+    ]
+    .concat();
+    raw.publish(2, "", "uid", &props, b"x").await;
+    raw.get(2, "uid").await;
+}

@@ -30,10 +30,12 @@ use warren_router::{Binding, ExchangeDef, ExchangeKind, RouteBuf, RouteOutcome, 
 struct Counting;
 
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+static ALLOCATIONS: AtomicIsize = AtomicIsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -337,9 +339,46 @@ fn config() -> Bench {
         .measurement_time(Duration::from_secs(2))
 }
 
+/// Routing allocates nothing once its `RouteBuf` has warmed up (direct, fanout, topic with
+/// one `#`, default exchange). Asserted, so `cargo test --all-targets` checks it.
+fn no_allocation(_c: &mut Bench) {
+    let direct = topology_with(ExchangeKind::Direct);
+    let fanout = topology_with(ExchangeKind::Fanout);
+    let topic = topology_with(ExchangeKind::Topic);
+    for i in 0..100 {
+        let queue = format!("q{i}");
+        for topology in [&direct, &fanout, &topic] {
+            add_queue(topology, &queue);
+        }
+        bind(&direct, &queue, &format!("k{i}"));
+        bind(&fanout, &queue, "");
+        bind(&topic, &queue, &format!("a.{i}.#"));
+    }
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    let topic_keys: Vec<String> = (0..100).map(|i| format!("a.{i}.b.c")).collect();
+    let mut out = RouteBuf::new();
+    let run = |out: &mut RouteBuf<Handle>| {
+        for i in 0..100 {
+            let routed = [
+                direct.route(b"x", &[keys[i].as_bytes()], None, out),
+                fanout.route(b"x", &[b"k"], None, out),
+                topic.route(b"x", &[topic_keys[i].as_bytes()], None, out),
+                direct.route(b"", &[keys[i].as_bytes(), b"q1"], None, out),
+            ];
+            assert!(routed.iter().all(|r| matches!(r, RouteOutcome::Routed(_))));
+        }
+    };
+    run(&mut out);
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    run(&mut out);
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    println!("allocations/route after warm-up: {allocations} in 400 routes");
+    assert_eq!(allocations, 0, "routing allocated after warm-up");
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = direct, fanout, topic, headers, bind_unbind, memory
+    targets = direct, fanout, topic, headers, bind_unbind, memory, no_allocation
 }
 criterion_main!(benches);

@@ -60,6 +60,8 @@ pub struct ConnCtx<'a> {
     pub exclusive_queues: &'a mut Vec<Arc<QueueEntity>>,
     /// Channels with confirms to flush at the end of the batch.
     pub confirm_dirty: &'a mut Vec<u16>,
+    /// The authenticated user (checked against the `user_id` property).
+    pub user: &'a str,
 }
 
 /// A publish whose content is complete.
@@ -877,6 +879,17 @@ impl Channel {
 
     /// A complete message from the client.
     pub fn publish(&mut self, publish: Publish, ctx: &mut ConnCtx<'_>) -> Result<After, AmqpError> {
+        // RabbitMQ refuses a user-id property that is not the connection's user (no impersonation).
+        if let Some(user_id) = &publish.properties.user_id
+            && user_id.as_bytes() != ctx.user.as_bytes()
+        {
+            return Err(ChannelError::precondition_failed(format!(
+                "user_id property set to '{user_id}' but authenticated user was '{}'",
+                ctx.user
+            ))
+            .on(60, 40)
+            .into());
+        }
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             // Check the exchange now, as RabbitMQ does, but route at commit.
             ctx.vhost.check_publish(&publish.exchange)?;

@@ -512,6 +512,7 @@ impl Connection {
             caps: self.caps,
             exclusive_queues: &mut self.exclusive_queues,
             confirm_dirty: &mut self.confirm_dirty,
+            user: &self.user,
         };
         let span = tracing::debug_span!("chan", n = channel);
         let _enter = span.enter();
