@@ -274,6 +274,8 @@ struct Catalog {
     next_queue_id: QueueId,
     /// Ids of removed queues, reused first so ids stay dense.
     free_queue_ids: Vec<QueueId>,
+    /// How many bindings there are (each distinct argument table counts).
+    binding_count: usize,
 }
 
 /// One vhost's exchanges, bindings and queue handles, shared by every connection of the vhost
@@ -521,6 +523,7 @@ impl<Q: Clone> Topology<Q> {
                             catalog.by_destination.remove(&destination);
                         }
                     }
+                    catalog.binding_count -= argument_tables.len();
                     for arguments in argument_tables {
                         removed.bindings.push(Binding {
                             source: name.clone(),
@@ -548,7 +551,9 @@ impl<Q: Clone> Topology<Q> {
         let Some(pairs) = catalog.by_destination.remove(destination) else {
             return Vec::new();
         };
+        let dest_key = self.dest_key(destination);
         let mut sources = Vec::new();
+        let mut seen_sources = FastSet::default();
         for (source, key) in pairs.into_vec() {
             let Some(bindings) = catalog.by_source.get_mut(&source) else {
                 continue;
@@ -556,15 +561,18 @@ impl<Q: Clone> Topology<Q> {
             let Some(argument_tables) = bindings.remove(&(destination.clone(), key.clone())) else {
                 continue;
             };
-            if let Some(exchange) = self.lookup(source.as_bytes()) {
-                let dest_key = self.dest_key(destination);
+            if bindings.is_empty() {
+                catalog.by_source.remove(&source);
+            }
+            // One short write lock per (source, key): a publisher waits for one of these at
+            // most, not for the whole removal.
+            if let (Some(exchange), Some(dest_key)) = (self.lookup(source.as_bytes()), &dest_key) {
                 let mut routes = exchange.routes.write();
                 for arguments in &argument_tables {
-                    if let Some(dest_key) = &dest_key {
-                        routes.remove(key.as_shared(), arguments, dest_key);
-                    }
+                    routes.remove(key.as_shared(), arguments, dest_key);
                 }
             }
+            catalog.binding_count -= argument_tables.len();
             for arguments in argument_tables {
                 removed.bindings.push(Binding {
                     source: source.clone(),
@@ -573,7 +581,7 @@ impl<Q: Clone> Topology<Q> {
                     arguments,
                 });
             }
-            if !sources.contains(&source) {
+            if seen_sources.insert(source.clone()) {
                 sources.push(source);
             }
         }
@@ -692,6 +700,21 @@ impl<Q: Clone> Topology<Q> {
         list
     }
 
+    /// How many exchanges there are, the default one excluded (for per-vhost limits).
+    pub fn exchange_count(&self) -> usize {
+        self.exchanges.read().len()
+    }
+
+    /// How many queues were added and not removed.
+    pub fn queue_count(&self) -> usize {
+        self.queues.read().len()
+    }
+
+    /// How many bindings there are (for limits and metrics).
+    pub fn binding_count(&self) -> usize {
+        self.catalog.lock().binding_count
+    }
+
     // ----- bindings -----
 
     /// `queue.bind` / `exchange.bind`. `Ok(true)` if added, `Ok(false)` if that exact binding
@@ -744,6 +767,7 @@ impl<Q: Clone> Topology<Q> {
             return Ok(false);
         }
         tables.push(arguments.clone());
+        catalog.binding_count += 1;
         catalog
             .by_destination
             .entry(destination)
@@ -764,7 +788,8 @@ impl<Q: Clone> Topology<Q> {
         if binding.source.is_empty() || binding.destination.name().is_empty() {
             return Err(Self::default_exchange_refused());
         }
-        let mut catalog = self.catalog.lock();
+        let mut guard = self.catalog.lock();
+        let catalog = &mut *guard;
         let (Some(source), Some(dest_key)) = (
             self.lookup(binding.source.as_bytes()),
             self.dest_key(&binding.destination),
@@ -784,6 +809,7 @@ impl<Q: Clone> Topology<Q> {
             return Ok(removed);
         };
         tables.swap_remove(pos);
+        catalog.binding_count -= 1;
         if tables.is_empty() {
             bindings.remove(&pair);
             if let Some(pairs) = catalog.by_destination.get_mut(&binding.destination) {
@@ -811,7 +837,7 @@ impl<Q: Clone> Topology<Q> {
             arguments,
         });
         if source.def.auto_delete && !catalog.by_source.contains_key(&source.def.name) {
-            self.delete_exchange_locked(&mut catalog, source.def.name.clone(), &mut removed);
+            self.delete_exchange_locked(catalog, source.def.name.clone(), &mut removed);
         }
         Ok(removed)
     }

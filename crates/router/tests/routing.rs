@@ -886,3 +886,45 @@ fn stored_names_do_not_pin_network_buffers() {
     assert!(!inside(&binding.routing_key));
     assert!(!inside(binding.destination.name()));
 }
+
+#[test]
+fn counts_follow_every_change() {
+    let t = topology();
+    assert_eq!(
+        (t.exchange_count(), t.queue_count(), t.binding_count()),
+        (5, 0, 0)
+    );
+    add_queues(&t, &["q1", "q2"]);
+    declare(&t, "x", ExchangeKind::Topic);
+    declare(&t, "y", ExchangeKind::Fanout);
+    bind_q(&t, "x", "q1", "a.*");
+    bind_q(&t, "x", "q1", "a.*");
+    bind_q(&t, "x", "q2", "a.*");
+    bind_q(&t, "y", "q1", "");
+    bind_x(&t, "x", "y", "#");
+    let with_args =
+        Binding::queue(name("x"), name("q1"), name("a.*")).with_arguments(table("k=s:v"));
+    t.bind(&with_args).unwrap();
+    assert_eq!(
+        (t.exchange_count(), t.queue_count(), t.binding_count()),
+        (7, 2, 5)
+    );
+    t.unbind(&with_args).unwrap();
+    assert_eq!(t.binding_count(), 4);
+    assert_eq!(t.remove_queue(b"q1").unwrap().bindings.len(), 2);
+    assert_eq!(t.binding_count(), 2);
+    assert_eq!(t.delete_exchange(b"y", false).unwrap().bindings.len(), 1);
+    assert_eq!(
+        (t.exchange_count(), t.queue_count(), t.binding_count()),
+        (6, 1, 1)
+    );
+    assert_eq!(t.list_bindings().len(), t.binding_count());
+}
+
+#[test]
+fn topology_and_route_buf_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Topology<Arc<String>>>();
+    send::<RouteBuf<Arc<String>>>();
+}

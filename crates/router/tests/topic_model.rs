@@ -73,6 +73,7 @@ proptest! {
                 prop_assert_eq!(removed.bindings.len() == 1, model.remove(&(*queue, pattern.clone())));
             }
         }
+        prop_assert_eq!(topology.binding_count(), model.len());
         let mut out = RouteBuf::new();
         for key in &keys {
             let key_words = words(key);

@@ -14,9 +14,12 @@
 //! few: only stragglers pin a segment) and synced. Deletions go oldest first, each followed by a
 //! directory sync, so a crash cannot undo an older deletion while keeping a newer one.
 //!
-//! Failures. A failed write or fsync leaves the end of the current segment uncertain, so the log
-//! moves on to a new segment before appending anything else, and every sync fails (its confirms
-//! are nacked) until that worked. Recovery stops reading a segment at its first bad record.
+//! Failures. Bytes appended stay in memory until an fsync covers them. A failed write or fsync
+//! (disk full, I/O error; after which the kernel may have dropped the dirty pages) fails that
+//! sync, so its confirms are nacked, and the next sync writes the same bytes again at the same
+//! place before its fsync: no record is dropped or moved, every `Lsn` stays valid, and the log
+//! carries on once the disk accepts writes. Recovery stops reading a segment at its first bad
+//! record.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -51,6 +54,8 @@ const KIND_DELIVER: u8 = 3;
 /// Publish record flags.
 const FLAG_PRIORITY: u8 = 1;
 const FLAG_EXPIRES: u8 = 2;
+/// The message was delivered before this record was written (a restored no-ack delivery).
+const FLAG_DELIVERED: u8 = 4;
 
 /// Tunables of the durable store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,27 +129,73 @@ struct SegmentState {
     len: u64,
 }
 
+/// The bytes of one segment that are not known to be durable yet. They stay in memory until an
+/// fsync covers them, so that after a failed write or fsync (when the kernel may have dropped
+/// dirty pages) the next sync writes them again at the same place: no record is ever dropped or
+/// moved, and every `Lsn` handed out stays valid.
+struct Tail {
+    /// The segment's number.
+    number: u64,
+    /// Its file.
+    file: Arc<dyn FileHandle>,
+    /// File offset of `bytes[0]`; everything before it is synced.
+    start: u64,
+    /// Appended bytes from `start` on.
+    bytes: Vec<u8>,
+    /// How many of `bytes` were written to the file (0 again after a failed fsync).
+    written: usize,
+}
+
+impl Tail {
+    fn new(number: u64, file: Arc<dyn FileHandle>) -> Tail {
+        let mut bytes = Vec::new();
+        write_segment_header(&mut bytes, number);
+        Tail {
+            number,
+            file,
+            start: 0,
+            bytes,
+            written: 0,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+
+    /// Writes what the file does not have yet.
+    fn write(&mut self) -> std::io::Result<()> {
+        if let Some(unwritten) = self.bytes.get(self.written..)
+            && !unwritten.is_empty()
+        {
+            self.file
+                .write_all_at(unwritten, self.start + self.written as u64)?;
+            self.written = self.bytes.len();
+        }
+        Ok(())
+    }
+
+    /// The first `len` bytes are durable: forget them.
+    fn synced(&mut self, len: usize) {
+        let len = len.min(self.bytes.len());
+        self.bytes.drain(..len);
+        self.start += len as u64;
+        self.written = self.written.saturating_sub(len);
+    }
+}
+
 /// The appending side, behind one lock held only to copy a record into the buffer.
 struct Writer {
-    /// Records not yet written to the file.
-    buffer: Vec<u8>,
     /// The segment being appended to.
-    current: u64,
-    /// Its file.
-    current_file: Arc<dyn FileHandle>,
-    /// Bytes of the current segment already written to the file.
-    file_len: u64,
+    current: Tail,
+    /// Older segments with bytes not synced yet.
+    sealed: Vec<Tail>,
     /// Every segment on disk, the current one included.
     segments: BTreeMap<u64, SegmentState>,
-    /// Sealed segments whose last writes are not synced yet.
-    unsynced: Vec<Arc<dyn FileHandle>>,
     /// A segment file was created since the last directory sync.
     dir_dirty: bool,
     /// A write, fsync or segment creation failed; the next sync reports it.
     failed: Option<StoreError>,
-    /// The current segment's end is uncertain (a write or fsync failed): start a new segment
-    /// before appending anything else.
-    roll_pending: bool,
     /// The largest `Lsn` handed out; a failed sync covers everything up to it.
     handed_out: u64,
     /// A thread waits in `wait_and_sync` for records to arrive.
@@ -153,55 +204,35 @@ struct Writer {
 
 impl Writer {
     fn end_lsn(&self) -> u64 {
-        make_lsn(self.current, self.file_len + self.buffer.len() as u64)
+        make_lsn(self.current.number, self.current.end())
     }
 
-    /// Writes the buffer to the current segment file.
+    /// Writes the current segment's unwritten bytes to its file.
     fn flush(&mut self) {
-        if self.buffer.is_empty() {
-            return;
+        if let Err(error) = self.current.write() {
+            tracing::error!(%error, segment = self.current.number, "write to the message log failed");
+            // A partial write is overwritten by the retry, from the same bytes.
+            self.failed = Some(StoreError::Io {
+                file: segment_name(self.current.number),
+                source: error,
+            });
         }
-        match self.current_file.write_all_at(&self.buffer, self.file_len) {
-            Ok(()) => {
-                self.file_len += self.buffer.len() as u64;
-                if let Some(state) = self.segments.get_mut(&self.current) {
-                    state.len = self.file_len;
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, segment = self.current, "write to the message log failed");
-                // Part of the buffer may have landed: nothing more goes into this segment.
-                self.roll_pending = true;
-                self.failed = Some(StoreError::Io {
-                    file: segment_name(self.current),
-                    source: error,
-                });
-            }
-        }
-        self.buffer.clear();
     }
 
     /// Seals the current segment and starts the next one.
     fn roll(&mut self, backend: &dyn Backend) {
-        if !self.roll_pending {
-            self.flush();
-        }
-        // After a failure the buffer's records cannot follow the uncertain end: they are lost,
-        // and the failure already makes the next sync report them.
-        self.buffer.clear();
-        let next = self.current + 1;
+        let next = self.current.number + 1;
         let name = segment_name(next);
         match backend.open(&name, true) {
             Ok(file) => {
-                let sealed = std::mem::replace(&mut self.current_file, file);
-                if !self.roll_pending {
-                    self.unsynced.push(sealed);
+                let sealed = std::mem::replace(&mut self.current, Tail::new(next, file));
+                if let Some(state) = self.segments.get_mut(&sealed.number) {
+                    state.len = sealed.end();
                 }
-                self.roll_pending = false;
-                self.current = next;
-                self.file_len = 0;
+                if !sealed.bytes.is_empty() {
+                    self.sealed.push(sealed);
+                }
                 self.dir_dirty = true;
-                write_segment_header(&mut self.buffer, next);
                 self.segments.insert(
                     next,
                     SegmentState {
@@ -212,7 +243,7 @@ impl Writer {
                 );
             }
             Err(error) => {
-                // Keep appending to the current segment; the next roll tries again.
+                // Keep appending to the current segment; the next append past the size retries.
                 tracing::error!(%error, file = %name, "cannot create a log segment");
                 self.failed = Some(StoreError::Io {
                     file: name,
@@ -229,21 +260,18 @@ impl Writer {
         options: &StoreOptions,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> u64 {
-        if self.roll_pending {
-            self.roll(backend);
-        }
-        let mark = record::begin(&mut self.buffer);
-        encode(&mut self.buffer);
-        record::finish(&mut self.buffer, mark);
-        let record_len = (self.buffer.len() - mark) as u64;
-        let start = self.file_len + mark as u64;
+        let mark = record::begin(&mut self.current.bytes);
+        encode(&mut self.current.bytes);
+        record::finish(&mut self.current.bytes, mark);
+        let record_len = (self.current.bytes.len() - mark) as u64;
+        let start = self.current.start + mark as u64;
         if start + record_len > options.segment_size && start > SEGMENT_HEADER_LEN {
-            let record = self.buffer.split_off(mark);
+            let record = self.current.bytes.split_off(mark);
             self.roll(backend);
-            self.buffer.extend_from_slice(&record);
+            self.current.bytes.extend_from_slice(&record);
         }
         let end = self.end_lsn();
-        if self.buffer.len() >= options.flush_at {
+        if self.current.bytes.len() - self.current.written >= options.flush_at {
             self.flush();
         }
         self.handed_out = self.handed_out.max(end);
@@ -311,9 +339,12 @@ pub(crate) struct RecoveredLog {
     /// Messages published in segments up to this number may have been delivered before an
     /// unclean stop.
     pub(crate) suspect_upto: u64,
+    /// Publish records replaced by a later publish of the same message, by (queue id, offset,
+    /// segment), and whether an ack for them was found.
+    pub(crate) superseded: HashMap<(u64, u64, u64), bool>,
 }
 
-fn decode_publish(payload: &[u8]) -> Option<(u64, u64, Message)> {
+fn decode_publish(payload: &[u8]) -> Option<(u64, u64, Message, bool)> {
     let mut fields = Fields::new(payload);
     let _kind = fields.u8()?;
     let queue_id = fields.u64()?;
@@ -345,7 +376,7 @@ fn decode_publish(payload: &[u8]) -> Option<(u64, u64, Message)> {
         priority: (flags & FLAG_PRIORITY != 0).then_some(priority),
         expires_at_ms: (flags & FLAG_EXPIRES != 0).then_some(expires),
     };
-    Some((queue_id, offset, message))
+    Some((queue_id, offset, message, flags & FLAG_DELIVERED != 0))
 }
 
 /// An ack or delivery record: queue, offset, and the segment holding the publish it refers to.
@@ -511,18 +542,12 @@ impl Log {
                 len: 0,
             },
         );
-        let mut buffer = Vec::with_capacity(options.flush_at * 2);
-        write_segment_header(&mut buffer, current);
         let writer = Writer {
-            buffer,
-            current,
-            current_file,
-            file_len: 0,
+            current: Tail::new(current, current_file),
+            sealed: Vec::new(),
             segments,
-            unsynced: Vec::new(),
             dir_dirty: true,
             failed: None,
-            roll_pending: false,
             handed_out: make_lsn(current, SEGMENT_HEADER_LEN),
             sync_waiting: false,
         };
@@ -534,7 +559,23 @@ impl Log {
             sync_lock: Mutex::new(()),
             synced: AtomicU64::new(0),
         };
-        // Make the new segment durable and drop what recovery found dead.
+        {
+            let mut writer = log.writer.lock();
+            let mut repairs: Vec<_> = report
+                .superseded
+                .drain()
+                .filter(|(_, acked)| !acked)
+                .map(|(key, _)| key)
+                .collect();
+            repairs.sort_unstable();
+            for (queue_id, offset, target) in repairs {
+                let lsn = writer.append(&*log.backend, &log.options, |buf| {
+                    encode_ref(buf, KIND_ACK, queue_id, offset, target)
+                });
+                Log::add_target(&mut writer, lsn, target);
+            }
+        }
+        // Make the new segment (and any repairs) durable and drop what recovery found dead.
         log.sync().map_err(|failed| failed.error)?;
         Ok((log, report))
     }
@@ -557,10 +598,16 @@ impl Log {
         }
     }
 
-    pub(crate) fn publish(&self, queue_id: u64, offset: u64, message: &Message) -> Lsn {
+    pub(crate) fn publish(
+        &self,
+        queue_id: u64,
+        offset: u64,
+        message: &Message,
+        delivered: bool,
+    ) -> Lsn {
         let mut writer = self.writer.lock();
         let lsn = writer.append(&*self.backend, &self.options, |buf| {
-            encode_publish(buf, queue_id, offset, message)
+            encode_publish(buf, queue_id, offset, message, delivered)
         });
         if let Some(state) = writer.segments.get_mut(&segment_of(lsn)) {
             state.live += 1;
@@ -625,54 +672,82 @@ impl Log {
 
     /// The body of [`Log::sync`], with `sync_lock` held.
     fn sync_locked(&self) -> Result<Lsn, SyncFailed> {
-        let (target, files, dir_dirty, failure) = {
+        let (mut sealed, file, number, len, target, dir_dirty) = {
             let mut writer = self.writer.lock();
-            if writer.roll_pending {
-                writer.roll(&*self.backend);
-            } else {
-                writer.flush();
+            writer.flush();
+            if let Some(error) = writer.failed.take() {
+                return Err(SyncFailed {
+                    upto: Lsn(writer.handed_out),
+                    error,
+                });
             }
-            let failure = writer.failed.take();
-            let mut files = std::mem::take(&mut writer.unsynced);
-            files.push(Arc::clone(&writer.current_file));
+            let sealed = std::mem::take(&mut writer.sealed);
             let dir_dirty = std::mem::take(&mut writer.dir_dirty);
-            let target = if failure.is_some() || writer.roll_pending {
-                writer.handed_out
-            } else {
-                writer.end_lsn()
-            };
-            (target, files, dir_dirty, failure)
+            (
+                sealed,
+                Arc::clone(&writer.current.file),
+                writer.current.number,
+                writer.current.bytes.len(),
+                writer.end_lsn(),
+                dir_dirty,
+            )
         };
-        let synced = (|| {
-            if dir_dirty {
-                self.backend
-                    .sync_dir()
-                    .map_err(StoreError::io("data folder"))?;
+        // The fsyncs run without the writer lock: appends continue meanwhile (group commit).
+        let mut result = Ok(());
+        if dir_dirty {
+            result = self
+                .backend
+                .sync_dir()
+                .map_err(StoreError::io("data folder"));
+        }
+        let mut failed_sealed = Vec::new();
+        for mut tail in sealed.drain(..) {
+            let synced = result.is_ok()
+                && tail
+                    .write()
+                    .and_then(|()| tail.file.sync_data())
+                    .map_err(StoreError::io(segment_name(tail.number)))
+                    .map_err(|error| result = Err(error))
+                    .is_ok();
+            if !synced {
+                // Written again in full at the next sync: the kernel may have dropped the pages.
+                tail.written = 0;
+                failed_sealed.push(tail);
             }
-            for file in &files {
-                file.sync_data().map_err(StoreError::io("log segment"))?;
+        }
+        if result.is_ok() {
+            result = file
+                .sync_data()
+                .map_err(StoreError::io(segment_name(number)));
+        }
+        let mut writer = self.writer.lock();
+        let current_ok = result.is_ok();
+        // The tail synced (or not) may have been sealed by a roll in the meantime.
+        let tail = if writer.current.number == number {
+            Some(&mut writer.current)
+        } else {
+            writer.sealed.iter_mut().find(|tail| tail.number == number)
+        };
+        if let Some(tail) = tail {
+            if current_ok {
+                tail.synced(len);
+            } else {
+                tail.written = 0;
             }
-            Ok::<(), StoreError>(())
-        })();
-        if let Err(error) = synced {
-            // After a failed fsync the kernel may have dropped dirty pages: what was written since
-            // the last good sync cannot be trusted (the "fsyncgate" lesson), so nothing more goes
-            // into this segment.
-            tracing::error!(%error, "sync of the message log failed");
-            let mut writer = self.writer.lock();
-            writer.roll_pending = true;
+        }
+        writer.sealed.retain(|tail| !tail.bytes.is_empty());
+        failed_sealed.append(&mut writer.sealed);
+        writer.sealed = failed_sealed;
+        writer.sealed.sort_by_key(|tail| tail.number);
+        if let Err(error) = result {
+            tracing::error!(%error, "sync of the message log failed; it is retried from memory");
             writer.dir_dirty |= dir_dirty;
             return Err(SyncFailed {
-                upto: Lsn(writer.handed_out.max(target)),
+                upto: Lsn(writer.handed_out),
                 error,
             });
         }
-        if let Some(error) = failure {
-            return Err(SyncFailed {
-                upto: Lsn(target),
-                error,
-            });
-        }
+        drop(writer);
         self.synced.fetch_max(target, Ordering::AcqRel);
         Ok(Lsn(target))
     }
@@ -701,7 +776,7 @@ impl Log {
     fn reclaim_locked(&self) {
         let (doomed, carry) = {
             let writer = self.writer.lock();
-            let current = writer.current;
+            let current = writer.current.number;
             let mut doomed = Vec::new();
             let mut carry = Vec::new();
             for (number, state) in &writer.segments {
@@ -798,10 +873,10 @@ impl Log {
         let sealed: u64 = writer
             .segments
             .iter()
-            .filter(|(number, _)| **number != writer.current)
+            .filter(|(number, _)| **number != writer.current.number)
             .map(|(_, state)| state.len)
             .sum();
-        sealed + writer.file_len + writer.buffer.len() as u64
+        sealed + writer.current.end()
     }
 
     /// Number of segment files.
@@ -828,20 +903,30 @@ fn apply_record(
     };
     match payload.first().copied() {
         Some(KIND_PUBLISH) => {
-            let Some((queue_id, offset, message)) = decode_publish(payload) else {
+            let Some((queue_id, offset, message, delivered)) = decode_publish(payload) else {
                 return bad(report);
             };
             let next = next_offsets.entry(queue_id).or_default();
             *next = (*next).max(offset + 1);
             if live_queues.contains(&queue_id) {
-                pending.entry(queue_id).or_default().insert(
+                let replaced = pending.entry(queue_id).or_default().insert(
                     offset,
                     Pending {
                         message,
                         lsn,
-                        delivered: false,
+                        delivered,
                     },
                 );
+                if let Some(replaced) = replaced {
+                    // A restored message published again while the ack of its previous publish
+                    // record was lost (that ack sat in an older segment's unsynced tail while
+                    // this record reached the disk). Unless an ack turns up later, recovery
+                    // writes one, or the old record would come back once this one is acked.
+                    report
+                        .superseded
+                        .entry((queue_id, offset, segment_of(replaced.lsn)))
+                        .or_insert(false);
+                }
             }
         }
         Some(kind @ (KIND_ACK | KIND_DELIVER)) => {
@@ -856,9 +941,23 @@ fn apply_record(
             let Some(messages) = pending.get_mut(&queue_id) else {
                 return;
             };
+            // A record refers to one publish record: a message restored after a no-ack pop is
+            // published again under the same offset, and an older ack (perhaps carried forward
+            // past the new publish) must not remove it.
+            let Some(message) = messages
+                .get_mut(&offset)
+                .filter(|message| segment_of(message.lsn) == target)
+            else {
+                if kind == KIND_ACK
+                    && let Some(acked) = report.superseded.get_mut(&(queue_id, offset, target))
+                {
+                    *acked = true;
+                }
+                return;
+            };
             if kind == KIND_ACK {
                 messages.remove(&offset);
-            } else if let Some(message) = messages.get_mut(&offset) {
+            } else {
                 message.delivered = true;
             }
         }
@@ -866,7 +965,13 @@ fn apply_record(
     }
 }
 
-fn encode_publish(buf: &mut Vec<u8>, queue_id: u64, offset: u64, message: &Message) {
+fn encode_publish(
+    buf: &mut Vec<u8>,
+    queue_id: u64,
+    offset: u64,
+    message: &Message,
+    delivered: bool,
+) {
     buf.push(KIND_PUBLISH);
     record::put_u64(buf, queue_id);
     record::put_u64(buf, offset);
@@ -876,6 +981,9 @@ fn encode_publish(buf: &mut Vec<u8>, queue_id: u64, offset: u64, message: &Messa
     }
     if message.expires_at_ms.is_some() {
         flags |= FLAG_EXPIRES;
+    }
+    if delivered {
+        flags |= FLAG_DELIVERED;
     }
     buf.push(flags);
     buf.push(message.priority.unwrap_or(0));
@@ -898,8 +1006,8 @@ impl Journal {
         Journal { log, queue_id }
     }
 
-    pub(crate) fn publish(&self, offset: u64, message: &Message) -> Lsn {
-        self.log.publish(self.queue_id, offset, message)
+    pub(crate) fn publish(&self, offset: u64, message: &Message, delivered: bool) -> Lsn {
+        self.log.publish(self.queue_id, offset, message, delivered)
     }
 
     pub(crate) fn deliver(&self, offset: u64, publish_lsn: u64) {

@@ -167,7 +167,7 @@ impl Queue {
         let offset = self.next_offset;
         self.next_offset += 1;
         let lsn = match &self.journal {
-            Some(journal) if message.persistent => Some(journal.publish(offset, &message)),
+            Some(journal) if message.persistent => Some(journal.publish(offset, &message, false)),
             _ => None,
         };
         self.ready_bytes += message.body_len();
@@ -242,6 +242,34 @@ impl Queue {
         entry.redelivered = true;
         self.requeued.insert(offset, entry);
         true
+    }
+
+    /// Puts back a message taken with [`Queue::pop_no_ack`] that never reached the client (its
+    /// consumer went away before the delivery was sent): it returns to its original position with
+    /// its `redelivered` flag unchanged. A durable queue logs it again, since `pop_no_ack` logged
+    /// it as acked.
+    pub fn restore(&mut self, delivery: Delivery) {
+        let lsn = match &self.journal {
+            Some(journal) if delivery.message.persistent => {
+                // The record carries the flag itself: a separate delivery record could be lost
+                // while the publish survives.
+                journal
+                    .publish(delivery.offset, &delivery.message, delivery.redelivered)
+                    .0
+            }
+            _ => 0,
+        };
+        self.ready_bytes += delivery.message.body_len();
+        // A popped offset is below every message still in `fresh`, so it belongs in `requeued`.
+        self.requeued.insert(
+            delivery.offset,
+            Entry {
+                offset: delivery.offset,
+                message: delivery.message,
+                redelivered: delivery.redelivered,
+                lsn,
+            },
+        );
     }
 
     /// Drops every ready message (`queue.purge`); unacked ones stay. Returns how many were dropped.
@@ -413,6 +441,30 @@ mod tests {
         assert_eq!(queue.unacked_count(), 0);
         assert!(queue.ack(delivery.offset).is_none());
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn restore_puts_an_unsent_no_ack_message_back_in_place() {
+        let mut queue = Queue::new();
+        for text in ["a", "b", "c"] {
+            queue.push(message(text));
+        }
+        let a = queue.pop_no_ack().unwrap();
+        let b = queue.pop_no_ack().unwrap();
+        queue.restore(b);
+        queue.restore(a);
+        assert_eq!(queue.ready_bytes(), 3);
+        let order: Vec<_> = std::iter::from_fn(|| queue.pop_no_ack())
+            .map(|d| (body(&d).to_vec(), d.redelivered))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (b"a".to_vec(), false),
+                (b"b".to_vec(), false),
+                (b"c".to_vec(), false)
+            ]
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ enum Op {
     PopNoAck {
         queue: usize,
     },
+    /// A no-ack delivery whose consumer vanished before it was sent: popped and restored.
+    Bounce {
+        queue: usize,
+    },
     Ack {
         queue: usize,
         pick: usize,
@@ -51,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(queue, len, persistent)| Op::Push { queue, len, persistent }),
         4 => queue.clone().prop_map(|queue| Op::Pop { queue }),
         1 => queue.clone().prop_map(|queue| Op::PopNoAck { queue }),
+        1 => queue.clone().prop_map(|queue| Op::Bounce { queue }),
         4 => (queue.clone(), any::<usize>()).prop_map(|(queue, pick)| Op::Ack { queue, pick }),
         2 => (queue.clone(), any::<usize>()).prop_map(|(queue, pick)| Op::Requeue { queue, pick }),
         1 => queue.prop_map(|queue| Op::Purge { queue }),
@@ -281,6 +286,20 @@ fn run(ops: Vec<Op>) {
                         model[queue].unacked.insert(id);
                     }
                 }
+            }
+            Op::Bounce { queue } => {
+                let Some(delivery) = queues[queue].pop_no_ack() else {
+                    assert!(model[queue].ready.is_empty());
+                    continue;
+                };
+                assert_eq!(Some(id_of(&delivery)), model[queue].ready.first().copied());
+                let message = model[queue].messages.get_mut(&id_of(&delivery)).unwrap();
+                if message.persistent {
+                    // Logged as acked, then published again.
+                    message.publish = Dur::Pending;
+                    message.ack = None;
+                }
+                queues[queue].restore(delivery);
             }
             Op::Ack { queue, pick } | Op::Requeue { queue, pick } => {
                 let unacked: Vec<u64> = model[queue].unacked.iter().copied().collect();
