@@ -1,0 +1,533 @@
+//! The registry shared by all connections: the vhosts, each with its topology (exchanges,
+//! bindings and queue handles, from `warren-router`), and the memory account.
+//!
+//! Nothing here is one big lock: the vhost map is fixed at start-up (read without locking),
+//! routing takes only the router's read locks, and each queue has its own lock
+//! (see `queue.rs`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use warren_codec::generated as m;
+use warren_codec::{FieldTable, FieldValue, ReplyCode, ShortString};
+use warren_router::{
+    Binding, Destination, ExchangeDef, ExchangeKind, RouteBuf, RouteOutcome, RouterError, Topology,
+};
+
+use crate::config::Config;
+use crate::error::{AmqpError, ChannelError, ConnectionError};
+use crate::memory::MemoryMonitor;
+use crate::queue::QueueEntity;
+
+/// The broker: configuration, vhosts and the memory account.
+pub struct Broker {
+    /// The configuration it was started with.
+    pub config: Arc<Config>,
+    /// Vhosts by name; fixed at start-up.
+    vhosts: HashMap<String, Arc<VHost>>,
+    /// Bytes held by queues, and the memory alarm.
+    pub memory: Arc<MemoryMonitor>,
+    /// Source of connection ids (exclusive queue owners, log lines).
+    next_connection_id: AtomicU64,
+}
+
+impl Broker {
+    /// A broker with the configured vhosts, each holding the predeclared exchanges.
+    pub fn new(config: Arc<Config>) -> Self {
+        let memory = Arc::new(MemoryMonitor::new(config.limits.memory_high_watermark));
+        let vhosts = config
+            .vhosts
+            .iter()
+            .map(|name| {
+                (
+                    name.clone(),
+                    Arc::new(VHost::new(name, Arc::clone(&memory))),
+                )
+            })
+            .collect();
+        Broker {
+            config,
+            vhosts,
+            memory,
+            next_connection_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A vhost by name.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.get(name).cloned()
+    }
+
+    /// A fresh connection id.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// What `queue.declare` asks for, with the server-generated name already filled in.
+pub struct QueueDeclare {
+    /// The queue name (never empty unless passive).
+    pub name: ShortString,
+    /// Only check that the queue exists.
+    pub passive: bool,
+    /// `durable`.
+    pub durable: bool,
+    /// `exclusive`.
+    pub exclusive: bool,
+    /// `auto-delete`.
+    pub auto_delete: bool,
+    /// `arguments`.
+    pub arguments: FieldTable,
+    /// The declaring connection.
+    pub conn_id: u64,
+}
+
+/// One virtual host.
+pub struct VHost {
+    /// The vhost name.
+    name: Arc<str>,
+    /// Exchanges, bindings and queue handles.
+    topology: Topology<Arc<QueueEntity>>,
+    /// The broker's memory account, handed to new queues.
+    memory: Arc<MemoryMonitor>,
+    /// Direct reply-to queues by name (`amq.rabbitmq.reply-to.` + random): reachable through
+    /// the default exchange only, never bound or listed.
+    reply_queues: parking_lot::RwLock<HashMap<ShortString, Arc<QueueEntity>>>,
+}
+
+/// Maps a router error to the scope RabbitMQ closes (503 closes the connection).
+fn router_error(e: RouterError) -> AmqpError {
+    let code = ReplyCode::from_u16(e.reply_code()).unwrap_or(ReplyCode::InternalError);
+    if e.is_connection_error() {
+        ConnectionError::new(code, e.text()).into()
+    } else {
+        ChannelError::new(code, e.text()).into()
+    }
+}
+
+impl VHost {
+    fn new(name: &str, memory: Arc<MemoryMonitor>) -> Self {
+        VHost {
+            name: Arc::from(name),
+            topology: Topology::new(name),
+            memory,
+            reply_queues: parking_lot::RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The vhost name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A queue by name.
+    pub fn queue(&self, name: &ShortString) -> Option<Arc<QueueEntity>> {
+        self.topology.queue(name.as_bytes())
+    }
+
+    /// The direct reply-to queue a routing key names, if it is one (default exchange only).
+    pub fn reply_queue(&self, routing_key: &ShortString) -> Option<Arc<QueueEntity>> {
+        if !routing_key
+            .as_bytes()
+            .starts_with(b"amq.rabbitmq.reply-to.")
+        {
+            return None;
+        }
+        self.reply_queues.read().get(routing_key).cloned()
+    }
+
+    /// A private queue for a direct reply-to consumer, deleted with its consumer.
+    pub fn create_reply_queue(&self, conn_id: u64) -> Arc<QueueEntity> {
+        let name = crate::queue::generated_name("amq.rabbitmq.reply-to.");
+        let queue = Arc::new(QueueEntity::new(
+            name.clone(),
+            Arc::clone(&self.name),
+            false,
+            true,
+            Some(conn_id),
+            FieldTable::new(),
+            Arc::clone(&self.memory),
+        ));
+        self.reply_queues.write().insert(name, Arc::clone(&queue));
+        queue
+    }
+
+    // ===== Exchanges =====
+
+    /// `exchange.declare`.
+    pub fn declare_exchange(&self, declare: &m::ExchangeDeclare) -> Result<(), AmqpError> {
+        if declare.passive {
+            if declare.exchange.is_empty() {
+                return Ok(());
+            }
+            return match self.topology.exchange(declare.exchange.as_bytes()) {
+                Some(_) => Ok(()),
+                None => Err(ChannelError::not_found(format!(
+                    "no exchange '{}' in vhost '{}'",
+                    declare.exchange, self.name
+                ))
+                .into()),
+            };
+        }
+        let kind = ExchangeKind::parse(declare.kind.as_bytes()).map_err(router_error)?;
+        let def = ExchangeDef::new(declare.exchange.clone(), kind)
+            .durable(declare.durable)
+            .auto_delete(declare.auto_delete)
+            .internal(declare.internal)
+            .arguments(declare.arguments.clone());
+        self.topology.declare_exchange(def).map_err(router_error)?;
+        Ok(())
+    }
+
+    /// `exchange.delete`.
+    pub fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> Result<(), AmqpError> {
+        match self.topology.delete_exchange(name.as_bytes(), if_unused) {
+            Ok(_) => Ok(()),
+            // Deleting a missing exchange is fine in RabbitMQ 3.x.
+            Err(RouterError::ExchangeNotFound { .. }) => Ok(()),
+            Err(e) => Err(router_error(e)),
+        }
+    }
+
+    /// `exchange.bind`.
+    pub fn bind_exchange(
+        &self,
+        destination: &ShortString,
+        source: &ShortString,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        let binding = Binding::exchange(source.clone(), destination.clone(), routing_key.clone())
+            .with_arguments(arguments.clone());
+        self.topology.bind(&binding).map_err(router_error)?;
+        Ok(())
+    }
+
+    /// `exchange.unbind`.
+    pub fn unbind_exchange(
+        &self,
+        destination: &ShortString,
+        source: &ShortString,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        let binding = Binding::exchange(source.clone(), destination.clone(), routing_key.clone())
+            .with_arguments(arguments.clone());
+        self.topology.unbind(&binding).map_err(router_error)?;
+        Ok(())
+    }
+
+    // ===== Queues =====
+
+    /// `queue.declare`: returns the queue and whether it was created.
+    pub fn declare_queue(
+        &self,
+        declare: QueueDeclare,
+    ) -> Result<(Arc<QueueEntity>, bool), AmqpError> {
+        let locked = |name: &ShortString| {
+            ChannelError::resource_locked(format!(
+                "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                self.name
+            ))
+        };
+        if let Some(queue) = self.topology.queue(declare.name.as_bytes()) {
+            if let Some(owner) = queue.exclusive_owner
+                && owner != declare.conn_id
+            {
+                return Err(locked(&queue.name).into());
+            }
+            if declare.passive {
+                return Ok((queue, false));
+            }
+            if declare.exclusive != queue.exclusive_owner.is_some() {
+                return Err(locked(&queue.name).into());
+            }
+            self.check_equivalent(&queue, &declare)?;
+            return Ok((queue, false));
+        }
+        if declare.passive {
+            return Err(ChannelError::not_found(format!(
+                "no queue '{}' in vhost '{}'",
+                declare.name, self.name
+            ))
+            .into());
+        }
+        if declare.name.as_bytes().starts_with(b"amq.")
+            && !declare.name.as_bytes().starts_with(b"amq.gen-")
+        {
+            return Err(ChannelError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                declare.name
+            ))
+            .into());
+        }
+        validate_queue_arguments(&declare.name, &self.name, &declare.arguments)?;
+        // Own the name: it may be a slice of a large read buffer.
+        let name = ShortString::from_bytes(bytes::Bytes::copy_from_slice(declare.name.as_bytes()))
+            .unwrap_or_default();
+        let queue = Arc::new(QueueEntity::new(
+            name.clone(),
+            Arc::clone(&self.name),
+            declare.durable,
+            declare.auto_delete,
+            declare.exclusive.then_some(declare.conn_id),
+            declare.arguments,
+            Arc::clone(&self.memory),
+        ));
+        if self.topology.add_queue(name.clone(), Arc::clone(&queue)) {
+            Ok((queue, true))
+        } else {
+            // Another connection created it a moment ago: declare again against that one.
+            match self.topology.queue(name.as_bytes()) {
+                Some(existing) => Ok((existing, false)),
+                None => Err(ChannelError::new(
+                    ReplyCode::InternalError,
+                    format!("queue '{name}' vanished while being declared"),
+                )
+                .into()),
+            }
+        }
+    }
+
+    fn check_equivalent(
+        &self,
+        queue: &QueueEntity,
+        declare: &QueueDeclare,
+    ) -> Result<(), AmqpError> {
+        let flag = |name: &str, received: bool, current: bool| -> Result<(), AmqpError> {
+            if received == current {
+                return Ok(());
+            }
+            Err(ChannelError::precondition_failed(format!(
+                "inequivalent arg '{name}' for queue '{}' in vhost '{}': received '{received}' but current is '{current}'",
+                queue.name, self.name
+            ))
+            .into())
+        };
+        flag("durable", declare.durable, queue.durable)?;
+        flag("auto_delete", declare.auto_delete, queue.auto_delete)?;
+        // RabbitMQ compares the x- arguments it knows; comparing all keys is close enough.
+        let keys = declare
+            .arguments
+            .iter()
+            .map(|(k, _)| k)
+            .chain(queue.arguments.iter().map(|(k, _)| k));
+        for key in keys {
+            let received = declare.arguments.get(key.as_bytes());
+            let current = queue.arguments.get(key.as_bytes());
+            if received != current {
+                return Err(ChannelError::precondition_failed(format!(
+                    "inequivalent arg '{key}' for queue '{}' in vhost '{}': received {} but current is {}",
+                    queue.name,
+                    self.name,
+                    describe_value(received),
+                    describe_value(current)
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a queue: it leaves the topology (with its bindings), its consumers are
+    /// cancelled, its messages dropped. Returns the number of ready messages it held.
+    pub fn delete_queue(&self, queue: &Arc<QueueEntity>) -> u32 {
+        let current = self.topology.queue(queue.name.as_bytes());
+        if current.is_some_and(|q| Arc::ptr_eq(&q, queue)) {
+            self.topology.remove_queue(queue.name.as_bytes());
+        } else if queue.name.as_bytes().starts_with(b"amq.rabbitmq.reply-to.") {
+            self.reply_queues.write().remove(&queue.name);
+        }
+        queue.delete()
+    }
+
+    /// `queue.bind`.
+    pub fn bind_queue(
+        &self,
+        queue: &QueueEntity,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        let binding = Binding::queue(exchange.clone(), queue.name.clone(), routing_key.clone())
+            .with_arguments(arguments.clone());
+        self.topology.bind(&binding).map_err(router_error)?;
+        Ok(())
+    }
+
+    /// `queue.unbind`.
+    pub fn unbind_queue(
+        &self,
+        queue: &QueueEntity,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        let binding = Binding {
+            source: exchange.clone(),
+            destination: Destination::Queue(queue.name.clone()),
+            routing_key: routing_key.clone(),
+            arguments: arguments.clone(),
+        };
+        self.topology.unbind(&binding).map_err(router_error)?;
+        Ok(())
+    }
+
+    // ===== Publishing =====
+
+    /// Checks that a publish to `exchange` would be accepted (used by transactions, which
+    /// route at commit).
+    pub fn check_publish(&self, exchange: &ShortString) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Ok(());
+        }
+        match self.topology.exchange(exchange.as_bytes()) {
+            None => Err(self.no_exchange(exchange)),
+            Some(def) if def.internal => Err(self.internal_exchange(exchange)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn no_exchange(&self, exchange: &ShortString) -> AmqpError {
+        ChannelError::not_found(format!("no exchange '{exchange}' in vhost '{}'", self.name))
+            .on(60, 40)
+            .into()
+    }
+
+    fn internal_exchange(&self, exchange: &ShortString) -> AmqpError {
+        ChannelError::access_refused(format!(
+            "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+            self.name
+        ))
+        .on(60, 40)
+        .into()
+    }
+
+    /// Routes a message; the matched queues are left in `out`.
+    pub fn route(
+        &self,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        headers: Option<&FieldTable>,
+        out: &mut RouteBuf<Arc<QueueEntity>>,
+    ) -> Result<(), AmqpError> {
+        // Sender-selected distribution: CC and BCC headers add routing keys.
+        let mut extra: Vec<&[u8]> = Vec::new();
+        if let Some(headers) = headers {
+            for name in [&b"CC"[..], &b"BCC"[..]] {
+                if let Some(FieldValue::Array(keys)) = headers.get(name) {
+                    for key in keys {
+                        if let FieldValue::LongString(key) = key {
+                            extra.push(key);
+                        }
+                    }
+                }
+            }
+        }
+        let outcome = if extra.is_empty() {
+            self.topology
+                .route(exchange.as_bytes(), &[routing_key.as_bytes()], headers, out)
+        } else {
+            let mut keys: Vec<&[u8]> = Vec::with_capacity(extra.len() + 1);
+            keys.push(routing_key.as_bytes());
+            keys.extend(extra);
+            self.topology
+                .route(exchange.as_bytes(), &keys, headers, out)
+        };
+        match outcome {
+            RouteOutcome::ExchangeNotFound => Err(self.no_exchange(exchange)),
+            RouteOutcome::InternalExchange => Err(self.internal_exchange(exchange)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// RabbitMQ's checks of the queue arguments it knows, for the cases clients hit most.
+fn validate_queue_arguments(
+    queue: &ShortString,
+    vhost: &str,
+    arguments: &FieldTable,
+) -> Result<(), AmqpError> {
+    let invalid = |key: &str, why: String| -> AmqpError {
+        ChannelError::precondition_failed(format!(
+            "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
+        ))
+        .into()
+    };
+    for (key, value) in arguments.iter() {
+        let Some(key_str) = key.as_str() else {
+            continue;
+        };
+        let non_negative = matches!(
+            key_str,
+            "x-message-ttl" | "x-max-length" | "x-max-length-bytes" | "x-max-priority"
+        );
+        let positive = key_str == "x-expires";
+        if !(non_negative || positive) {
+            continue;
+        }
+        let Some(n) = integer(value) else {
+            return Err(invalid(
+                key_str,
+                format!("\"expected integer, got {}\"", type_name(value)),
+            ));
+        };
+        if n < 0 {
+            return Err(invalid(key_str, format!("{{value_negative,{n}}}")));
+        }
+        if positive && n == 0 {
+            return Err(invalid(key_str, format!("{{value_zero,{n}}}")));
+        }
+    }
+    Ok(())
+}
+
+fn integer(value: &FieldValue) -> Option<i64> {
+    match value {
+        FieldValue::I8(v) => Some(i64::from(*v)),
+        FieldValue::U8(v) => Some(i64::from(*v)),
+        FieldValue::I16(v) => Some(i64::from(*v)),
+        FieldValue::U16(v) => Some(i64::from(*v)),
+        FieldValue::I32(v) => Some(i64::from(*v)),
+        FieldValue::U32(v) => Some(i64::from(*v)),
+        FieldValue::I64(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// RabbitMQ's names for field types, as they appear in reply texts.
+fn type_name(value: &FieldValue) -> &'static str {
+    match value {
+        FieldValue::Bool(_) => "bool",
+        FieldValue::I8(_) => "byte",
+        FieldValue::U8(_) => "unsignedbyte",
+        FieldValue::I16(_) => "short",
+        FieldValue::U16(_) => "unsignedshort",
+        FieldValue::I32(_) => "signedint",
+        FieldValue::U32(_) => "unsignedint",
+        FieldValue::I64(_) => "long",
+        FieldValue::F32(_) => "float",
+        FieldValue::F64(_) => "double",
+        FieldValue::Decimal { .. } => "decimal",
+        FieldValue::LongString(_) => "longstr",
+        FieldValue::Array(_) => "array",
+        FieldValue::Timestamp(_) => "timestamp",
+        FieldValue::Table(_) => "table",
+        FieldValue::Void => "void",
+        FieldValue::ByteArray(_) => "binary",
+    }
+}
+
+fn describe_value(value: Option<&FieldValue>) -> String {
+    match value {
+        None => "none".to_owned(),
+        Some(v) => {
+            let shown = match v {
+                FieldValue::LongString(b) => String::from_utf8_lossy(b).into_owned(),
+                other => integer(other).map_or_else(|| format!("{other:?}"), |n| n.to_string()),
+            };
+            format!("the value '{shown}' of type '{}'", type_name(v))
+        }
+    }
+}

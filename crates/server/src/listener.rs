@@ -1,0 +1,165 @@
+//! The accept loops: one per listening address, a connection permit per client (the connection
+//! cap), a task per connection inside its `conn{id, peer}` span, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::connection;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A broker running in the current tokio runtime. Dropping it signals shutdown; call
+/// [`RunningBroker::shutdown`] to also wait until every connection has closed.
+pub struct RunningBroker {
+    addrs: Vec<SocketAddr>,
+    broker: Arc<Broker>,
+    shutdown_tx: watch::Sender<bool>,
+    permits: Arc<Semaphore>,
+    max_connections: u32,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds every configured listener and starts accepting connections.
+pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+    let config = Arc::new(config);
+    let broker = Arc::new(Broker::new(Arc::clone(&config)));
+    let (shutdown_tx, _) = watch::channel(false);
+    let max_connections = u32::try_from(config.limits.max_connections.min(Semaphore::MAX_PERMITS))
+        .unwrap_or(u32::MAX);
+    let permits = Arc::new(Semaphore::new(max_connections as usize));
+    let mut addrs = Vec::new();
+    let mut listeners = Vec::new();
+    for addr in &config.listeners {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: *addr,
+            source,
+        })?;
+        addrs.push(local);
+        listeners.push(listener);
+    }
+    let accept_tasks = listeners
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(accept_loop(
+                listener,
+                Arc::clone(&broker),
+                Arc::clone(&permits),
+                shutdown_tx.subscribe(),
+            ))
+        })
+        .collect();
+    Ok(RunningBroker {
+        addrs,
+        broker,
+        shutdown_tx,
+        permits,
+        max_connections,
+        accept_tasks,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let id = broker.next_connection_id();
+        let broker = Arc::clone(&broker);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            connection::serve(broker, stream, peer, id, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+impl RunningBroker {
+    /// The first listener's bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addrs
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Every listener's bound address, in configuration order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Bytes of message bodies currently held in queues.
+    pub fn memory_used(&self) -> usize {
+        self.broker.memory.used()
+    }
+
+    /// Stops accepting, sends every connection `connection.close` 320 CONNECTION_FORCED, and
+    /// waits (up to a few seconds) for them to finish.
+    pub async fn shutdown(mut self) {
+        info!("shutting down");
+        self.shutdown_tx.send_replace(true);
+        for task in self.accept_tasks.drain(..) {
+            let _ = task.await;
+        }
+        let all = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.permits.acquire_many(self.max_connections),
+        )
+        .await;
+        if all.is_err() {
+            warn!("some connections did not close in time");
+        }
+    }
+}
+
+impl Drop for RunningBroker {
+    fn drop(&mut self) {
+        self.shutdown_tx.send_replace(true);
+    }
+}

@@ -1,0 +1,438 @@
+//! A queue as the broker sees it: the store's messages plus the consumers attached to it, behind
+//! one short per-queue lock, and the round-robin dispatch that hands ready messages to consumers
+//! with prefetch credit.
+//!
+//! Why a lock per queue rather than a task per queue: a publish then costs one uncontended lock
+//! and no task switch or channel hop, and dispatch runs right where the message arrives (in the
+//! publisher's connection task, or in the consumer's when an ack frees credit). The lock is never
+//! held across an `.await`, and it only guards in-memory work (push, pop, a few atomics, a push
+//! into the consumer connection's outbox), so it is held for well under a microsecond.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use warren_codec::{FieldTable, ShortString};
+use warren_store::{Delivery, Message};
+
+use crate::memory::MemoryMonitor;
+
+/// Bytes of deliveries waiting in a connection's outbox above which dispatch skips that
+/// connection's consumers, so a client that does not read cannot make the broker buffer
+/// without bound (REFERENCE row 16).
+pub const OUTBOX_HIGH_WATER: usize = 4 * 1024 * 1024;
+
+/// Something another task wants a connection to send; only the connection task writes to its
+/// socket, so everything else goes through its [`Outbox`].
+pub enum Outbound {
+    /// A message for a consumer: the connection assigns the delivery tag and encodes it.
+    Deliver {
+        /// The consumer it was dispatched to.
+        consumer: Arc<Consumer>,
+        /// The queue it came from (for ack and requeue).
+        queue: Arc<QueueEntity>,
+        /// The message, its offset in the queue, and the redelivered flag.
+        delivery: Delivery,
+    },
+    /// The queue of this consumer went away: send `basic.cancel` if the client asked for it.
+    Cancel {
+        /// The consumer that lost its queue.
+        consumer: Arc<Consumer>,
+    },
+    /// The broker shuts down or the connection was forced closed.
+    ForceClose,
+}
+
+/// A connection's inbox of [`Outbound`] items, filled by other tasks and drained in batches by
+/// the connection task (one lock to swap the vector out, then encode everything into one
+/// write buffer).
+#[derive(Default)]
+pub struct Outbox {
+    /// Items not yet taken by the connection task.
+    items: Mutex<Vec<Outbound>>,
+    /// Wakes the connection task when `items` goes from empty to non-empty.
+    pub notify: Notify,
+    /// Approximate bytes of message bodies in `items`.
+    pending_bytes: AtomicUsize,
+}
+
+impl Outbox {
+    /// Queues an item and wakes the connection if it was idle.
+    pub fn push(&self, item: Outbound) {
+        if let Outbound::Deliver { delivery, .. } = &item {
+            self.pending_bytes
+                .fetch_add(delivery.message.body.len() + 64, Ordering::Relaxed);
+        }
+        let was_empty = {
+            let mut items = self.items.lock();
+            let was_empty = items.is_empty();
+            items.push(item);
+            was_empty
+        };
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Takes everything queued so far, in order.
+    pub fn take(&self, into: &mut Vec<Outbound>) {
+        let mut items = self.items.lock();
+        std::mem::swap(&mut *items, into);
+    }
+
+    /// Called by the connection as it encodes a delivery taken from the outbox.
+    pub fn release(&self, body_len: usize) {
+        self.pending_bytes
+            .fetch_sub(body_len + 64, Ordering::Relaxed);
+    }
+
+    /// Whether dispatch should skip this connection's consumers for now.
+    pub fn congested(&self) -> bool {
+        self.pending_bytes.load(Ordering::Relaxed) > OUTBOX_HIGH_WATER
+    }
+}
+
+/// Per-channel state a queue needs to decide whether it may deliver to one of the channel's
+/// consumers: the channel-wide (global) prefetch and `channel.flow`.
+pub struct ChannelShared {
+    /// The channel number, for the deliver frame.
+    pub number: u16,
+    /// `basic.qos` with `global = true`: limit shared by all the channel's consumers (0 = none).
+    pub global_prefetch: AtomicU32,
+    /// Unacked deliveries to the channel's consumers, counted against `global_prefetch`.
+    pub unacked: AtomicU32,
+    /// `channel.flow`: false stops deliveries to the channel.
+    pub flow: AtomicBool,
+    /// The connection's outbox.
+    pub outbox: Arc<Outbox>,
+}
+
+/// A consumer, shared between its channel and the queue it consumes from.
+pub struct Consumer {
+    /// The consumer tag.
+    pub tag: ShortString,
+    /// `no-ack`: deliveries are forgotten by the queue as they leave it.
+    pub no_ack: bool,
+    /// `exclusive`: no other consumer may use the queue.
+    pub exclusive: bool,
+    /// Per-consumer prefetch (0 = none), fixed when the consumer was created, as in RabbitMQ 3.x.
+    pub prefetch: u32,
+    /// Unacked deliveries to this consumer.
+    pub unacked: AtomicU32,
+    /// The consumer's channel.
+    pub channel: Arc<ChannelShared>,
+    /// The queue consumed from.
+    pub queue: Arc<QueueEntity>,
+}
+
+impl Consumer {
+    /// Takes one unit of prefetch credit if the consumer may receive a message now.
+    fn try_take_credit(&self) -> bool {
+        let channel = &self.channel;
+        if !channel.flow.load(Ordering::Relaxed) || channel.outbox.congested() {
+            return false;
+        }
+        if self.no_ack {
+            return true;
+        }
+        if self.prefetch != 0 && self.unacked.load(Ordering::Relaxed) >= self.prefetch {
+            return false;
+        }
+        let global = channel.global_prefetch.load(Ordering::Relaxed);
+        let took = channel
+            .unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (global == 0 || n < global).then_some(n + 1)
+            })
+            .is_ok();
+        if took {
+            self.unacked.fetch_add(1, Ordering::Relaxed);
+        }
+        took
+    }
+
+    /// Gives back the credit of one delivery (acked, rejected, or never sent).
+    pub fn release_credit(&self) {
+        if self.no_ack {
+            return;
+        }
+        // Saturating: a queue deleted under a consumer may release after a reset.
+        let _ = self
+            .unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
+        let _ = self
+            .channel
+            .unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
+/// A queue: its declared properties, and its messages and consumers behind one lock.
+pub struct QueueEntity {
+    /// The queue name.
+    pub name: ShortString,
+    /// The vhost name, for reply texts.
+    pub vhost: Arc<str>,
+    /// `durable` as declared.
+    pub durable: bool,
+    /// `auto-delete` as declared: deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// The id of the connection that owns an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    /// `arguments` as declared, compared on redeclare.
+    pub arguments: FieldTable,
+    /// Messages and consumers.
+    inner: Mutex<QueueInner>,
+    /// Set once the queue is deleted; late publishes and requeues are dropped.
+    deleted: AtomicBool,
+    /// The broker-wide memory account.
+    memory: Arc<MemoryMonitor>,
+}
+
+struct QueueInner {
+    /// The store's queue: ready messages in order, unacked ones by offset.
+    messages: warren_store::Queue,
+    /// Consumers in round-robin order.
+    consumers: Vec<Arc<Consumer>>,
+    /// Index of the consumer to try first on the next delivery.
+    next_consumer: usize,
+    /// Whether a consumer was ever attached (auto-delete only applies after one).
+    had_consumer: bool,
+}
+
+/// Why a consumer could not be attached.
+pub enum AttachError {
+    /// The queue has an exclusive consumer, or an exclusive one was asked for a used queue.
+    ExclusiveInUse,
+    /// The queue was deleted meanwhile.
+    Deleted,
+}
+
+impl QueueEntity {
+    /// A new, empty queue.
+    pub fn new(
+        name: ShortString,
+        vhost: Arc<str>,
+        durable: bool,
+        auto_delete: bool,
+        exclusive_owner: Option<u64>,
+        arguments: FieldTable,
+        memory: Arc<MemoryMonitor>,
+    ) -> Self {
+        QueueEntity {
+            name,
+            vhost,
+            durable,
+            auto_delete,
+            exclusive_owner,
+            arguments,
+            inner: Mutex::new(QueueInner {
+                messages: warren_store::Queue::new(),
+                consumers: Vec::new(),
+                next_consumer: 0,
+                had_consumer: false,
+            }),
+            deleted: AtomicBool::new(false),
+            memory,
+        }
+    }
+
+    /// Whether the queue was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Appends a published message and hands out whatever the consumers can take.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+        if self.is_deleted() {
+            return;
+        }
+        self.memory.add(message.body.len());
+        let mut inner = self.inner.lock();
+        inner.messages.push(message);
+        self.dispatch_locked(&mut inner);
+    }
+
+    /// Hands ready messages to consumers with credit, round-robin.
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut inner = self.inner.lock();
+        self.dispatch_locked(&mut inner);
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, inner: &mut QueueInner) {
+        let n_consumers = inner.consumers.len();
+        if n_consumers == 0 {
+            return;
+        }
+        while inner.messages.ready_count() > 0 {
+            let start = inner.next_consumer % n_consumers;
+            let mut chosen = None;
+            for i in 0..n_consumers {
+                let idx = (start + i) % n_consumers;
+                if inner
+                    .consumers
+                    .get(idx)
+                    .is_some_and(|c| c.try_take_credit())
+                {
+                    chosen = Some(idx);
+                    break;
+                }
+            }
+            let Some(idx) = chosen else { break };
+            let Some(consumer) = inner.consumers.get(idx).cloned() else {
+                break;
+            };
+            inner.next_consumer = (idx + 1) % n_consumers;
+            let delivery = if consumer.no_ack {
+                inner.messages.pop_no_ack()
+            } else {
+                inner.messages.pop()
+            };
+            let Some(delivery) = delivery else {
+                consumer.release_credit();
+                break;
+            };
+            if consumer.no_ack {
+                self.memory.sub(delivery.message.body.len());
+            }
+            let outbox = Arc::clone(&consumer.channel.outbox);
+            outbox.push(Outbound::Deliver {
+                consumer,
+                queue: Arc::clone(self),
+                delivery,
+            });
+        }
+    }
+
+    /// `basic.get`: the next ready message and the number left, or `None` when empty.
+    pub fn get(&self, no_ack: bool) -> Option<(Delivery, u32)> {
+        let mut inner = self.inner.lock();
+        let delivery = if no_ack {
+            inner.messages.pop_no_ack()
+        } else {
+            inner.messages.pop()
+        }?;
+        if no_ack {
+            self.memory.sub(delivery.message.body.len());
+        }
+        let left = u32::try_from(inner.messages.ready_count()).unwrap_or(u32::MAX);
+        Some((delivery, left))
+    }
+
+    /// Forgets an acknowledged (or rejected without requeue) message.
+    pub fn ack(&self, offset: u64) {
+        let mut inner = self.inner.lock();
+        // A deleted queue already gave its bytes back to the memory account.
+        if let Some(message) = inner.messages.ack(offset)
+            && !self.is_deleted()
+        {
+            self.memory.sub(message.body.len());
+        }
+    }
+
+    /// Puts an unacked message back at its original position, flagged redelivered.
+    /// The caller dispatches afterwards (once per batch).
+    pub fn requeue(&self, offset: u64) {
+        let mut inner = self.inner.lock();
+        if self.is_deleted() {
+            inner.messages.ack(offset);
+            return;
+        }
+        inner.messages.requeue(offset);
+    }
+
+    /// Puts back a no-ack message that was dispatched but never sent (its consumer went away
+    /// before the connection encoded it). It goes to the tail: the store has forgotten its place.
+    pub fn return_unsent(self: &Arc<Self>, message: Arc<Message>) {
+        self.publish(message);
+    }
+
+    /// Attaches a consumer, then dispatches to it.
+    pub fn attach(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), AttachError> {
+        let mut inner = self.inner.lock();
+        if self.is_deleted() {
+            return Err(AttachError::Deleted);
+        }
+        if inner.consumers.iter().any(|c| c.exclusive)
+            || (consumer.exclusive && !inner.consumers.is_empty())
+        {
+            return Err(AttachError::ExclusiveInUse);
+        }
+        inner.consumers.push(consumer);
+        inner.had_consumer = true;
+        self.dispatch_locked(&mut inner);
+        Ok(())
+    }
+
+    /// Detaches a consumer. Returns true when the queue is auto-delete and now unused, in which
+    /// case the caller deletes it.
+    pub fn detach(&self, consumer: &Arc<Consumer>) -> bool {
+        let mut inner = self.inner.lock();
+        inner.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+        self.auto_delete && inner.had_consumer && inner.consumers.is_empty() && !self.is_deleted()
+    }
+
+    /// Ready messages and consumers, for `queue.declare-ok`.
+    pub fn counts(&self) -> (u32, u32) {
+        let inner = self.inner.lock();
+        (
+            u32::try_from(inner.messages.ready_count()).unwrap_or(u32::MAX),
+            u32::try_from(inner.consumers.len()).unwrap_or(u32::MAX),
+        )
+    }
+
+    /// Whether the queue has no messages at all (ready or unacked), for `if-empty`.
+    pub fn is_empty(&self) -> bool {
+        let inner = self.inner.lock();
+        inner.messages.ready_count() == 0
+    }
+
+    /// Whether the queue has consumers, for `if-unused`.
+    pub fn has_consumers(&self) -> bool {
+        !self.inner.lock().consumers.is_empty()
+    }
+
+    /// Drops every ready message; returns how many.
+    pub fn purge(&self) -> u32 {
+        let mut inner = self.inner.lock();
+        let bytes = inner.messages.ready_bytes();
+        let n = inner.messages.purge();
+        self.memory
+            .sub(usize::try_from(bytes).unwrap_or(usize::MAX));
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Marks the queue deleted, drops its messages and tells its consumers' connections.
+    /// Returns the number of ready messages it held.
+    pub fn delete(&self) -> u32 {
+        let (consumers, n_ready) = {
+            let mut inner = self.inner.lock();
+            if self.deleted.swap(true, Ordering::AcqRel) {
+                return 0;
+            }
+            let n_ready = u32::try_from(inner.messages.ready_count()).unwrap_or(u32::MAX);
+            let bytes = inner.messages.ready_bytes() + inner.messages.unacked_bytes();
+            inner.messages.purge();
+            self.memory
+                .sub(usize::try_from(bytes).unwrap_or(usize::MAX));
+            (std::mem::take(&mut inner.consumers), n_ready)
+        };
+        for consumer in consumers {
+            let outbox = Arc::clone(&consumer.channel.outbox);
+            outbox.push(Outbound::Cancel { consumer });
+        }
+        n_ready
+    }
+}
+
+/// A unique name with RabbitMQ's shape: `amq.gen-` or `amq.ctag-` followed by 22 characters of
+/// URL-safe base64 of 16 random bytes.
+pub fn generated_name(prefix: &str) -> ShortString {
+    use base64::Engine as _;
+    let random: [u8; 16] = rand::random();
+    let suffix = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
+    let name = format!("{prefix}{suffix}");
+    ShortString::from_bytes(Bytes::from(name)).unwrap_or_default()
+}

@@ -1,0 +1,535 @@
+//! A queue's messages: ready ones in order, delivered-but-unacked ones by offset, counts and bytes.
+//!
+//! Every message pushed gets the next *offset* of its queue (0, 1, 2, ...). Ready messages are
+//! delivered in offset order. A requeued message goes back to its original position, that is
+//! before every ready message with a larger offset, as RabbitMQ does.
+//!
+//! Layout, chosen for the hot path (push, pop, ack):
+//! - `fresh`: messages never delivered, in a `VecDeque`. Pushes append, pops take the front:
+//!   O(1), no allocation in steady state.
+//! - `requeued`: messages delivered once and put back, in a `BTreeMap` by offset. A popped message
+//!   always has a smaller offset than every message still in `fresh` (offsets grow and `fresh` is
+//!   popped from the front), so every requeued message sorts before all of `fresh`: pop takes
+//!   from `requeued` first. This map is empty unless consumers reject or channels close, so the
+//!   common path never touches it.
+//! - `unacked`: delivered messages waiting for an ack, in a hash map by offset.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use crate::journal::{Journal, Recovered};
+use crate::message::Message;
+
+/// A position in the durable log. A push or ack that returned an `Lsn` is on stable storage once
+/// [`crate::Store::sync`] has returned an `Lsn` at least as large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+/// What [`Queue::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Pushed {
+    /// The message's offset in its queue.
+    pub offset: u64,
+    /// `Some` when the message was written to the durable log: a publisher confirm may be sent
+    /// once a sync reached this position. `None` (transient queue or transient message): confirm
+    /// at once.
+    pub lsn: Option<Lsn>,
+}
+
+/// A message handed out by [`Queue::pop`].
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message's offset in its queue: pass it to [`Queue::ack`] or [`Queue::requeue`].
+    pub offset: u64,
+    /// The message, shared with the other queues it was routed to.
+    pub message: Arc<Message>,
+    /// The message may have been delivered before (requeued, or recovered after a restart).
+    pub redelivered: bool,
+}
+
+/// One message in a queue.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// Position in the queue; never reused while the queue lives.
+    offset: u64,
+    /// The shared message.
+    message: Arc<Message>,
+    /// Delivered before (requeued), or recovered from disk with that flag.
+    redelivered: bool,
+    /// End of the message's publish record in the durable log; 0 when it was not logged.
+    lsn: u64,
+}
+
+/// A hasher for offsets: they are already well spread (consecutive integers), so one multiply is
+/// enough and much cheaper than SipHash on the ack path.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct OffsetHasher(u64);
+
+impl Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; this fallback keeps the trait total.
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // Fibonacci hashing; hashbrown uses the top 7 bits as a tag, which a multiply fills.
+        self.0 = value.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+pub(crate) type OffsetMap<V> = HashMap<u64, V, BuildHasherDefault<OffsetHasher>>;
+
+/// A queue's messages. Synchronous and single-owner: the broker keeps each queue behind its own
+/// lock. A transient queue ([`Queue::new`]) keeps everything in memory; a durable one (from the
+/// durable [`crate::Store`]) also logs persistent messages, acks and deliveries to disk. Both
+/// have this one interface, so the broker's code does not care which it holds.
+#[derive(Debug, Default)]
+pub struct Queue {
+    /// Ready messages never delivered, in offset order.
+    fresh: VecDeque<Entry>,
+    /// Ready messages that were delivered and put back, by offset; all sort before `fresh`.
+    requeued: BTreeMap<u64, Entry>,
+    /// Delivered messages waiting for an ack, by offset.
+    unacked: OffsetMap<Entry>,
+    /// The offset the next push gets.
+    next_offset: u64,
+    /// Sum of the body lengths of ready messages.
+    ready_bytes: u64,
+    /// Sum of the body lengths of unacked messages.
+    unacked_bytes: u64,
+    /// Where persistent messages are logged; `None` for a transient queue.
+    journal: Option<Journal>,
+}
+
+impl Queue {
+    /// An empty transient queue: memory only, nothing written anywhere.
+    pub fn new() -> Queue {
+        Queue::default()
+    }
+
+    /// A durable queue logging to `journal`, holding the messages recovered for it (in offset
+    /// order); its offsets continue after `next_offset`.
+    pub(crate) fn with_journal(
+        journal: Journal,
+        recovered: Vec<Recovered>,
+        next_offset: u64,
+    ) -> Queue {
+        let mut queue = Queue {
+            journal: Some(journal),
+            next_offset,
+            ..Queue::default()
+        };
+        for recovered in recovered {
+            queue.ready_bytes += recovered.message.body_len();
+            queue.next_offset = queue.next_offset.max(recovered.offset + 1);
+            queue.fresh.push_back(Entry {
+                offset: recovered.offset,
+                message: recovered.message,
+                redelivered: recovered.redelivered,
+                lsn: recovered.lsn,
+            });
+        }
+        queue
+    }
+
+    /// Takes the journal out (queue deletion): every logged message stops counting in the log.
+    pub(crate) fn detach(&mut self) -> Option<Journal> {
+        let journal = self.journal.take()?;
+        let entries = self
+            .requeued
+            .values()
+            .chain(self.fresh.iter())
+            .chain(self.unacked.values());
+        for entry in entries {
+            if entry.lsn != 0 {
+                journal.forget(entry.lsn);
+            }
+        }
+        Some(journal)
+    }
+
+    /// Whether this queue logs persistent messages to disk.
+    pub fn is_durable(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Appends a message at the tail. On a durable queue a persistent message is also written to
+    /// the log (buffered; see [`Pushed::lsn`] for when it is on disk).
+    pub fn push(&mut self, message: Arc<Message>) -> Pushed {
+        let offset = self.next_offset;
+        self.next_offset += 1;
+        let lsn = match &self.journal {
+            Some(journal) if message.persistent => Some(journal.publish(offset, &message, false)),
+            _ => None,
+        };
+        self.ready_bytes += message.body_len();
+        self.fresh.push_back(Entry {
+            offset,
+            message,
+            redelivered: false,
+            lsn: lsn.map_or(0, |lsn| lsn.0),
+        });
+        Pushed { offset, lsn }
+    }
+
+    /// Takes the first ready message and keeps it as unacked until [`Queue::ack`] or
+    /// [`Queue::requeue`]. `None` when no message is ready.
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let entry = self.take_first_ready()?;
+        if let Some(journal) = &self.journal
+            && entry.lsn != 0
+            && !entry.redelivered
+        {
+            // Only a first delivery needs a record: a redelivered message is already flagged.
+            journal.deliver(entry.offset, entry.lsn);
+        }
+        let delivery = Delivery {
+            offset: entry.offset,
+            message: Arc::clone(&entry.message),
+            redelivered: entry.redelivered,
+        };
+        self.unacked_bytes += entry.message.body_len();
+        self.unacked.insert(entry.offset, entry);
+        Some(delivery)
+    }
+
+    /// Takes the first ready message for good (`no_ack` consumers and `basic.get` with no-ack):
+    /// it is not tracked as unacked, and a durable queue logs it as acked.
+    pub fn pop_no_ack(&mut self) -> Option<Delivery> {
+        let entry = self.take_first_ready()?;
+        if let Some(journal) = &self.journal
+            && entry.lsn != 0
+        {
+            journal.ack(entry.offset, entry.lsn);
+        }
+        Some(Delivery {
+            offset: entry.offset,
+            message: entry.message,
+            redelivered: entry.redelivered,
+        })
+    }
+
+    /// Forgets a delivered message for good (`basic.ack`, or `basic.reject`/`nack` without
+    /// requeue). Returns the message, or `None` if `offset` is not unacked in this queue.
+    pub fn ack(&mut self, offset: u64) -> Option<Arc<Message>> {
+        let entry = self.unacked.remove(&offset)?;
+        self.unacked_bytes -= entry.message.body_len();
+        if let Some(journal) = &self.journal
+            && entry.lsn != 0
+        {
+            journal.ack(offset, entry.lsn);
+        }
+        Some(entry.message)
+    }
+
+    /// Puts a delivered message back at its original position, flagged redelivered. Returns
+    /// `false` if `offset` is not unacked in this queue.
+    pub fn requeue(&mut self, offset: u64) -> bool {
+        let Some(mut entry) = self.unacked.remove(&offset) else {
+            return false;
+        };
+        let bytes = entry.message.body_len();
+        self.unacked_bytes -= bytes;
+        self.ready_bytes += bytes;
+        entry.redelivered = true;
+        self.requeued.insert(offset, entry);
+        true
+    }
+
+    /// Puts back a message taken with [`Queue::pop_no_ack`] that never reached the client (its
+    /// consumer went away before the delivery was sent): it returns to its original position with
+    /// its `redelivered` flag unchanged. A durable queue logs it again, since `pop_no_ack` logged
+    /// it as acked.
+    pub fn restore(&mut self, delivery: Delivery) {
+        let lsn = match &self.journal {
+            Some(journal) if delivery.message.persistent => {
+                // The record carries the flag itself: a separate delivery record could be lost
+                // while the publish survives.
+                journal
+                    .publish(delivery.offset, &delivery.message, delivery.redelivered)
+                    .0
+            }
+            _ => 0,
+        };
+        self.ready_bytes += delivery.message.body_len();
+        // A popped offset is below every message still in `fresh`, so it belongs in `requeued`.
+        self.requeued.insert(
+            delivery.offset,
+            Entry {
+                offset: delivery.offset,
+                message: delivery.message,
+                redelivered: delivery.redelivered,
+                lsn,
+            },
+        );
+    }
+
+    /// Drops every ready message (`queue.purge`); unacked ones stay. Returns how many were dropped.
+    pub fn purge(&mut self) -> u64 {
+        let count = self.ready_count();
+        let requeued = std::mem::take(&mut self.requeued);
+        let fresh = std::mem::take(&mut self.fresh);
+        if let Some(journal) = &self.journal {
+            for entry in requeued.values().chain(fresh.iter()) {
+                if entry.lsn != 0 {
+                    journal.ack(entry.offset, entry.lsn);
+                }
+            }
+        }
+        self.ready_bytes = 0;
+        count as u64
+    }
+
+    /// Number of ready messages (what `queue.declare-ok` reports as `message_count`).
+    pub fn ready_count(&self) -> usize {
+        self.fresh.len() + self.requeued.len()
+    }
+
+    /// Number of delivered messages waiting for an ack.
+    pub fn unacked_count(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Sum of the body sizes of ready messages.
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready_bytes
+    }
+
+    /// Sum of the body sizes of unacked messages.
+    pub fn unacked_bytes(&self) -> u64 {
+        self.unacked_bytes
+    }
+
+    /// No message ready and none unacked.
+    pub fn is_empty(&self) -> bool {
+        self.ready_count() == 0 && self.unacked.is_empty()
+    }
+
+    /// The unacked messages, in no particular order (for `basic.recover`, metrics and tests).
+    pub fn unacked(&self) -> impl Iterator<Item = Delivery> + '_ {
+        self.unacked.values().map(|entry| Delivery {
+            offset: entry.offset,
+            message: Arc::clone(&entry.message),
+            redelivered: entry.redelivered,
+        })
+    }
+
+    /// The first ready message, without taking it.
+    pub fn peek(&self) -> Option<(&Arc<Message>, bool)> {
+        match self.requeued.first_key_value() {
+            Some((_, entry)) => Some((&entry.message, entry.redelivered)),
+            None => self
+                .fresh
+                .front()
+                .map(|entry| (&entry.message, entry.redelivered)),
+        }
+    }
+
+    fn take_first_ready(&mut self) -> Option<Entry> {
+        let entry = match self.requeued.pop_first() {
+            Some((_, entry)) => entry,
+            None => self.fresh.pop_front()?,
+        };
+        self.ready_bytes -= entry.message.body_len();
+        Some(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use warren_codec::ShortString;
+
+    fn message(body: &'static str) -> Arc<Message> {
+        Arc::new(Message::new(
+            ShortString::from_static(""),
+            ShortString::from_static("q"),
+            Bytes::new(),
+            Bytes::from_static(body.as_bytes()),
+        ))
+    }
+
+    fn body(delivery: &Delivery) -> &[u8] {
+        &delivery.message.body
+    }
+
+    #[test]
+    fn pops_in_push_order() {
+        let mut queue = Queue::new();
+        for text in ["a", "b", "c"] {
+            queue.push(message(text));
+        }
+        let popped: Vec<_> = std::iter::from_fn(|| queue.pop())
+            .map(|d| (d.offset, body(&d).to_vec(), d.redelivered))
+            .collect();
+        assert_eq!(
+            popped,
+            vec![
+                (0, b"a".to_vec(), false),
+                (1, b"b".to_vec(), false),
+                (2, b"c".to_vec(), false)
+            ]
+        );
+        assert_eq!(queue.unacked_count(), 3);
+        assert_eq!(queue.ready_count(), 0);
+    }
+
+    #[test]
+    fn requeue_goes_back_to_original_position_flagged_redelivered() {
+        let mut queue = Queue::new();
+        for text in ["a", "b", "c", "d"] {
+            queue.push(message(text));
+        }
+        let a = queue.pop().unwrap();
+        let b = queue.pop().unwrap();
+        // Requeue out of order: b first, then a; both return before c and in offset order.
+        assert!(queue.requeue(b.offset));
+        assert!(queue.requeue(a.offset));
+        let order: Vec<_> = std::iter::from_fn(|| queue.pop())
+            .map(|d| (body(&d).to_vec(), d.redelivered))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (b"a".to_vec(), true),
+                (b"b".to_vec(), true),
+                (b"c".to_vec(), false),
+                (b"d".to_vec(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn requeue_after_later_pushes_still_sorts_first() {
+        let mut queue = Queue::new();
+        queue.push(message("a"));
+        let a = queue.pop().unwrap();
+        queue.push(message("b"));
+        queue.requeue(a.offset);
+        assert_eq!(body(&queue.pop().unwrap()), b"a");
+        assert_eq!(body(&queue.pop().unwrap()), b"b");
+    }
+
+    #[test]
+    fn ack_forgets_and_unknown_offsets_are_refused() {
+        let mut queue = Queue::new();
+        queue.push(message("abc"));
+        let delivery = queue.pop().unwrap();
+        assert_eq!(queue.unacked_bytes(), 3);
+        assert_eq!(queue.ack(delivery.offset).unwrap().body, "abc");
+        assert!(queue.ack(delivery.offset).is_none(), "double ack");
+        assert!(!queue.requeue(delivery.offset), "requeue after ack");
+        assert!(queue.ack(99).is_none());
+        assert!(queue.is_empty());
+        assert_eq!(queue.unacked_bytes(), 0);
+    }
+
+    #[test]
+    fn pop_no_ack_does_not_track() {
+        let mut queue = Queue::new();
+        queue.push(message("a"));
+        let delivery = queue.pop_no_ack().unwrap();
+        assert_eq!(queue.unacked_count(), 0);
+        assert!(queue.ack(delivery.offset).is_none());
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn restore_puts_an_unsent_no_ack_message_back_in_place() {
+        let mut queue = Queue::new();
+        for text in ["a", "b", "c"] {
+            queue.push(message(text));
+        }
+        let a = queue.pop_no_ack().unwrap();
+        let b = queue.pop_no_ack().unwrap();
+        queue.restore(b);
+        queue.restore(a);
+        assert_eq!(queue.ready_bytes(), 3);
+        let order: Vec<_> = std::iter::from_fn(|| queue.pop_no_ack())
+            .map(|d| (body(&d).to_vec(), d.redelivered))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (b"a".to_vec(), false),
+                (b"b".to_vec(), false),
+                (b"c".to_vec(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn purge_drops_ready_and_keeps_unacked() {
+        let mut queue = Queue::new();
+        for text in ["a", "bb", "ccc", "dddd"] {
+            queue.push(message(text));
+        }
+        let a = queue.pop().unwrap();
+        let b = queue.pop().unwrap();
+        queue.requeue(b.offset);
+        assert_eq!(queue.ready_bytes(), 2 + 3 + 4);
+        assert_eq!(queue.purge(), 3);
+        assert_eq!(queue.ready_count(), 0);
+        assert_eq!(queue.ready_bytes(), 0);
+        assert_eq!(queue.unacked_count(), 1);
+        assert!(queue.ack(a.offset).is_some());
+        assert!(queue.pop().is_none());
+        // Offsets keep growing after a purge.
+        assert_eq!(queue.push(message("e")).offset, 4);
+    }
+
+    #[test]
+    fn counts_and_bytes_follow_each_operation() {
+        let mut queue = Queue::new();
+        queue.push(message("12345"));
+        queue.push(message("12"));
+        assert_eq!((queue.ready_count(), queue.ready_bytes()), (2, 7));
+        let first = queue.pop().unwrap();
+        assert_eq!((queue.ready_count(), queue.ready_bytes()), (1, 2));
+        assert_eq!((queue.unacked_count(), queue.unacked_bytes()), (1, 5));
+        queue.requeue(first.offset);
+        assert_eq!((queue.ready_count(), queue.ready_bytes()), (2, 7));
+        assert_eq!(queue.unacked_bytes(), 0);
+        let (peeked, redelivered) = queue.peek().unwrap();
+        assert_eq!((&peeked.body[..], redelivered), (&b"12345"[..], true));
+    }
+
+    #[test]
+    fn transient_push_needs_no_sync() {
+        let mut queue = Queue::new();
+        let persistent = Arc::new(
+            Message::new(
+                ShortString::new(),
+                ShortString::new(),
+                Bytes::new(),
+                Bytes::new(),
+            )
+            .with_persistent(true),
+        );
+        assert_eq!(queue.push(persistent).lsn, None);
+        assert!(!queue.is_durable());
+    }
+
+    #[test]
+    fn fanout_shares_one_body() {
+        let shared = message("payload");
+        let mut queues: Vec<Queue> = (0..10).map(|_| Queue::new()).collect();
+        for queue in &mut queues {
+            queue.push(Arc::clone(&shared));
+        }
+        let delivered = queues[3].pop().unwrap();
+        assert!(Arc::ptr_eq(&delivered.message, &shared));
+        // Ours, one per queue, and the delivery's.
+        assert_eq!(Arc::strong_count(&shared), 12);
+        assert_eq!(delivered.message.body.as_ptr(), shared.body.as_ptr());
+    }
+}
