@@ -19,9 +19,9 @@ use bytes::{Bytes, BytesMut};
 use warren_codec::frame::ContentHeader;
 use warren_codec::generated as m;
 use warren_codec::{BasicProperties, Method, ReplyCode, ShortString};
-use warren_store::{Delivery, Message};
+use warren_store::{Delivery, Lsn, Message};
 
-use crate::broker::{Broker, QueueDeclare, VHost};
+use crate::broker::{Broker, QueueDeclare, SyncState, VHost};
 use crate::config::{HARD_MAX_MESSAGE_SIZE, Limits};
 use crate::connection::{ClientCaps, Out};
 use crate::error::{AmqpError, ChannelError, ConnectionError};
@@ -157,8 +157,11 @@ enum Mode {
     Confirm {
         /// The tag the next publish gets (from 1).
         next_tag: u64,
-        /// Confirms not yet sent: (first, last).
+        /// Confirms not yet sent that need no sync: (first, last).
         pending: Option<(u64, u64)>,
+        /// Confirms waiting for the store's sync: (tag, log position), in tag order. A publish
+        /// that needs no sync still queues here behind one that does, so acks stay in order.
+        waiting: VecDeque<(u64, Lsn)>,
     },
     Tx {
         publishes: Vec<Publish>,
@@ -396,6 +399,7 @@ impl Channel {
                         self.mode = Mode::Confirm {
                             next_tag: 1,
                             pending: None,
+                            waiting: VecDeque::new(),
                         }
                     }
                     Mode::Confirm { .. } => {}
@@ -936,10 +940,12 @@ impl Channel {
             )?;
         }
         let persistent = publish.properties.delivery_mode == Some(2);
+        // The furthest log position this message was written at, if any queue logged it.
+        let mut lsn: Option<Lsn> = None;
         if direct.is_none() && self.route_buf.is_empty() {
             if publish.mandatory {
                 // The return goes out before this message's confirm.
-                self.flush_confirms(ctx.out);
+                self.flush_confirms(ctx.out, None);
                 ctx.out.method(
                     n,
                     m::BasicReturn {
@@ -962,19 +968,30 @@ impl Channel {
                 .with_persistent(persistent),
             );
             if let Some(queue) = direct {
-                queue.publish(Arc::clone(&message));
+                lsn = lsn.max(queue.publish(Arc::clone(&message)));
             }
             for queue in self.route_buf.drain() {
-                queue.publish(Arc::clone(&message));
+                lsn = lsn.max(queue.publish(Arc::clone(&message)));
             }
         }
-        if let Mode::Confirm { next_tag, pending } = &mut self.mode {
+        if let Mode::Confirm {
+            next_tag,
+            pending,
+            waiting,
+        } = &mut self.mode
+        {
             let tag = *next_tag;
             *next_tag += 1;
-            *pending = Some(match *pending {
-                None => (tag, tag),
-                Some((first, _)) => (first, tag),
-            });
+            match (lsn, waiting.back()) {
+                (None, None) => {
+                    *pending = Some(match *pending {
+                        None => (tag, tag),
+                        Some((first, _)) => (first, tag),
+                    });
+                }
+                (Some(lsn), _) => waiting.push_back((tag, lsn)),
+                (None, Some(&(_, behind))) => waiting.push_back((tag, behind)),
+            }
             if !ctx.confirm_dirty.contains(&n) {
                 ctx.confirm_dirty.push(n);
             }
@@ -982,11 +999,17 @@ impl Channel {
         Ok(())
     }
 
-    /// Sends the confirms collected in this batch: one `basic.ack` with `multiple` for a run.
-    pub fn flush_confirms(&mut self, out: &mut Out) {
-        if let Mode::Confirm { pending, .. } = &mut self.mode
-            && let Some((first, last)) = pending.take()
-        {
+    /// Sends the confirms that are due: those collected in this batch that needed no sync as
+    /// one `basic.ack` (with `multiple` for a run), then those whose log position is synced;
+    /// a failed sync nacks the ones it may have lost.
+    pub fn flush_confirms(&mut self, out: &mut Out, sync: Option<SyncState>) {
+        let Mode::Confirm {
+            pending, waiting, ..
+        } = &mut self.mode
+        else {
+            return;
+        };
+        if let Some((first, last)) = pending.take() {
             out.method(
                 self.number,
                 m::BasicAck {
@@ -995,6 +1018,49 @@ impl Channel {
                 },
             );
         }
+        let Some(sync) = sync else { return };
+        let mut acked: Option<(u64, u64)> = None;
+        while let Some(&(tag, lsn)) = waiting.front() {
+            if lsn <= sync.synced {
+                acked = Some(acked.map_or((tag, tag), |(first, _)| (first, tag)));
+                waiting.pop_front();
+            } else if lsn <= sync.failed {
+                if let Some((first, last)) = acked.take() {
+                    out.method(
+                        self.number,
+                        m::BasicAck {
+                            delivery_tag: last,
+                            multiple: last > first,
+                        },
+                    );
+                }
+                out.method(
+                    self.number,
+                    m::BasicNack {
+                        delivery_tag: tag,
+                        multiple: false,
+                        requeue: false,
+                    },
+                );
+                waiting.pop_front();
+            } else {
+                break;
+            }
+        }
+        if let Some((first, last)) = acked {
+            out.method(
+                self.number,
+                m::BasicAck {
+                    delivery_tag: last,
+                    multiple: last > first,
+                },
+            );
+        }
+    }
+
+    /// Whether confirms wait for the store's sync.
+    pub fn has_waiting_confirms(&self) -> bool {
+        matches!(&self.mode, Mode::Confirm { waiting, .. } if !waiting.is_empty())
     }
 }
 

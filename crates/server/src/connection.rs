@@ -131,6 +131,10 @@ pub struct Connection {
     discard_input: bool,
     /// When the handshake must be complete, or closing must have finished.
     deadline: Option<Instant>,
+    /// The store's sync progress (None with `--ephemeral`), for confirms of persisted messages.
+    sync: Option<watch::Receiver<crate::broker::SyncState>>,
+    /// The sync progress moved since confirms were last flushed.
+    sync_changed: bool,
 }
 
 /// Runs one connection to completion. Never panics on client input; logs one line when opened
@@ -146,6 +150,7 @@ pub async fn serve(
     async move {
         let _ = stream.set_nodelay(true);
         let handshake_timeout = broker.config.limits.handshake_timeout;
+        let sync = broker.sync_state();
         let mut conn = Connection {
             id,
             peer,
@@ -169,6 +174,8 @@ pub async fn serve(
             confirm_dirty: Vec::new(),
             read_closed: false,
             discard_input: false,
+            sync,
+            sync_changed: false,
             deadline: Some(Instant::now() + handshake_timeout),
         };
         info!("connection accepted");
@@ -285,6 +292,18 @@ impl Connection {
                 }
                 _ = self.outbox.notify.notified() => {}
                 _ = alarm.changed() => {}
+                changed = async {
+                    match self.sync.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.channels.iter().flatten().any(|ch| ch.has_waiting_confirms()) => {
+                    match changed {
+                        Ok(()) => self.sync_changed = true,
+                        // The sync thread is gone (shutdown): nothing more will be confirmed.
+                        Err(_) => self.sync = None,
+                    }
+                }
                 _ = async {
                     match timer {
                         Some(t) => tokio::time::sleep_until(t).await,
@@ -700,14 +719,22 @@ impl Connection {
         }
     }
 
+    /// Sends due confirms: those of this batch's publishes, and those waiting for a sync that
+    /// has now happened.
     fn flush_confirms(&mut self) {
-        if self.confirm_dirty.is_empty() {
-            return;
-        }
+        let sync = self.sync.as_ref().map(|rx| *rx.borrow());
         let dirty = std::mem::take(&mut self.confirm_dirty);
         for number in dirty {
             if let Some(Some(ch)) = self.channels.get_mut(usize::from(number)) {
-                ch.flush_confirms(&mut self.out);
+                ch.flush_confirms(&mut self.out, sync);
+            }
+        }
+        if self.sync_changed {
+            self.sync_changed = false;
+            for ch in self.channels.iter_mut().flatten() {
+                if ch.has_waiting_confirms() {
+                    ch.flush_confirms(&mut self.out, sync);
+                }
             }
         }
     }

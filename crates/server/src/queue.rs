@@ -15,7 +15,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use warren_codec::{FieldTable, ShortString};
-use warren_store::{Delivery, Message};
+use warren_store::{Delivery, Lsn, Message};
 
 use crate::memory::MemoryMonitor;
 
@@ -211,7 +211,9 @@ pub enum AttachError {
 }
 
 impl QueueEntity {
-    /// A new, empty queue.
+    /// A queue holding `messages`: a new transient `warren_store::Queue`, one from the durable
+    /// store (`Store::declare_queue`), or one recovered at start-up.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: ShortString,
         vhost: Arc<str>,
@@ -220,7 +222,12 @@ impl QueueEntity {
         exclusive_owner: Option<u64>,
         arguments: FieldTable,
         memory: Arc<MemoryMonitor>,
+        messages: warren_store::Queue,
     ) -> Self {
+        memory.add(
+            usize::try_from(messages.ready_bytes() + messages.unacked_bytes())
+                .unwrap_or(usize::MAX),
+        );
         QueueEntity {
             name,
             vhost,
@@ -229,7 +236,7 @@ impl QueueEntity {
             exclusive_owner,
             arguments,
             inner: Mutex::new(QueueInner {
-                messages: warren_store::Queue::new(),
+                messages,
                 consumers: Vec::new(),
                 next_consumer: 0,
                 had_consumer: false,
@@ -244,15 +251,27 @@ impl QueueEntity {
         self.deleted.load(Ordering::Acquire)
     }
 
-    /// Appends a published message and hands out whatever the consumers can take.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+    /// Appends a published message and hands out whatever the consumers can take. Returns the
+    /// log position to wait for before confirming, when the message was written to disk.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Option<Lsn> {
         if self.is_deleted() {
-            return;
+            return None;
         }
         self.memory.add(message.body.len());
         let mut inner = self.inner.lock();
-        inner.messages.push(message);
+        let pushed = inner.messages.push(message);
         self.dispatch_locked(&mut inner);
+        pushed.lsn
+    }
+
+    /// Takes the messages out (the queue is being deleted), for `Store::delete_queue`.
+    pub fn take_messages(&self) -> warren_store::Queue {
+        let messages = std::mem::take(&mut self.inner.lock().messages);
+        self.memory.sub(
+            usize::try_from(messages.ready_bytes() + messages.unacked_bytes())
+                .unwrap_or(usize::MAX),
+        );
+        messages
     }
 
     /// Hands ready messages to consumers with credit, round-robin.
@@ -346,7 +365,7 @@ impl QueueEntity {
     /// Puts back a no-ack message that was dispatched but never sent (its consumer went away
     /// before the connection encoded it). It goes to the tail: the store has forgotten its place.
     pub fn return_unsent(self: &Arc<Self>, message: Arc<Message>) {
-        self.publish(message);
+        let _ = self.publish(message);
     }
 
     /// Attaches a consumer, then dispatches to it.
