@@ -358,29 +358,15 @@ impl<Q: Clone> Topology<Q> {
     }
 
     fn exchange_not_found(&self, name: &[u8]) -> RouterError {
-        RouterError::ExchangeNotFound {
-            text: format!(
-                "no exchange '{}' in vhost '{}'",
-                String::from_utf8_lossy(name),
-                self.vhost
-            ),
-        }
+        RouterError::exchange_not_found(&self.vhost, name)
     }
 
     fn queue_not_found(&self, name: &[u8]) -> RouterError {
-        RouterError::QueueNotFound {
-            text: format!(
-                "no queue '{}' in vhost '{}'",
-                String::from_utf8_lossy(name),
-                self.vhost
-            ),
-        }
+        RouterError::queue_not_found(&self.vhost, name)
     }
 
     fn default_exchange_refused() -> RouterError {
-        RouterError::AccessRefused {
-            text: "operation not permitted on the default exchange".to_string(),
-        }
+        RouterError::default_exchange_refused()
     }
 
     fn lookup(&self, name: &[u8]) -> Option<Arc<Exchange<Q>>> {
@@ -431,6 +417,17 @@ impl<Q: Clone> Topology<Q> {
             .write()
             .insert(key, Arc::new(new_exchange(def)));
         Ok(Declared::Created)
+    }
+
+    /// `exchange.declare` with `passive`: the definition, 403 for `""` (as RabbitMQ 3.10) and
+    /// 404 when it does not exist.
+    pub fn declare_exchange_passive(&self, name: &[u8]) -> Result<ExchangeDef, RouterError> {
+        if name.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        self.lookup(name)
+            .map(|exchange| exchange.def.clone())
+            .ok_or_else(|| self.exchange_not_found(name))
     }
 
     /// The definition of an exchange (`""` included), for passive declares and equivalence.

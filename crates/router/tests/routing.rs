@@ -928,3 +928,36 @@ fn topology_and_route_buf_cross_threads() {
     send_sync::<Topology<Arc<String>>>();
     send::<RouteBuf<Arc<String>>>();
 }
+
+#[test]
+fn passive_declare_and_error_texts() {
+    let t = topology();
+    let err = t.declare_exchange_passive(b"").unwrap_err();
+    assert_eq!(
+        (err.reply_code(), err.text()),
+        (403, "operation not permitted on the default exchange")
+    );
+    assert_eq!(
+        t.declare_exchange_passive(b"amq.direct").unwrap().kind,
+        ExchangeKind::Direct
+    );
+    let err = t.declare_exchange_passive(b"router.missing").unwrap_err();
+    assert_eq!(
+        (err.reply_code(), err.text()),
+        (404, "no exchange 'router.missing' in vhost '/'")
+    );
+    let err = warren_router::RouterError::internal_exchange("/", b"router.int");
+    assert_eq!(
+        (err.reply_code(), err.text()),
+        (
+            403,
+            "cannot publish to internal exchange 'router.int' in vhost '/'"
+        )
+    );
+    // exchange.bind to the default exchange as destination is refused too.
+    declare(&t, "e", ExchangeKind::Fanout);
+    let err = t
+        .bind(&Binding::exchange(name("e"), name(""), name("")))
+        .unwrap_err();
+    assert_eq!(err.reply_code(), 403);
+}
