@@ -46,6 +46,16 @@ def make_app(broker_url: str, prefix: str) -> Celery:
     def fail(text):
         raise ValueError(text)
 
+    @app.task(name="interop.hold", bind=True, acks_late=True)
+    def hold(self, marker_dir, seconds):
+        """Leaves a marker per execution, then works for `seconds` unless this is a redelivery."""
+        attempt = len(os.listdir(marker_dir)) + 1
+        open(os.path.join(marker_dir, f"attempt-{attempt}"), "w").close()
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        if not redelivered:
+            time.sleep(seconds)
+        return {"attempt": attempt, "redelivered": redelivered}
+
     @app.task(name="interop.echo", bind=True)
     def echo(self, payload):
         return {"payload": payload, "delivery_info": dict(self.request.delivery_info or {})}

@@ -67,6 +67,10 @@ pub struct StoreOptions {
     /// Appended records are written to the file once this many bytes are buffered (and at every
     /// sync). Default 256 KiB.
     pub flush_at: usize,
+    /// At most this many messages per queue are loaded into memory at recovery; the bodies of
+    /// the rest stay on disk and are read back when delivered (or by [`crate::Queue::page_in`]).
+    /// Default 100 000.
+    pub recovery_resident_per_queue: usize,
 }
 
 impl Default for StoreOptions {
@@ -74,12 +78,19 @@ impl Default for StoreOptions {
         StoreOptions {
             segment_size: 64 << 20,
             flush_at: 256 << 10,
+            recovery_resident_per_queue: 100_000,
         }
     }
 }
 
 impl StoreOptions {
-    /// The defaults with another segment size (at least 4 KiB).
+    /// The same options with another recovery residency limit per queue.
+    pub fn with_recovery_resident_per_queue(mut self, messages: usize) -> StoreOptions {
+        self.recovery_resident_per_queue = messages;
+        self
+    }
+
+    /// The same options with another segment size (at least 4 KiB).
     pub fn with_segment_size(mut self, segment_size: u64) -> StoreOptions {
         self.segment_size = segment_size.max(4096);
         self
@@ -200,6 +211,8 @@ struct Writer {
     handed_out: u64,
     /// A thread waits in `wait_and_sync` for records to arrive.
     sync_waiting: bool,
+    /// Length of the last record appended, header included.
+    last_record_len: u32,
 }
 
 impl Writer {
@@ -264,6 +277,7 @@ impl Writer {
         encode(&mut self.current.bytes);
         record::finish(&mut self.current.bytes, mark);
         let record_len = (self.current.bytes.len() - mark) as u64;
+        self.last_record_len = u32::try_from(record_len).unwrap_or(u32::MAX);
         let start = self.current.start + mark as u64;
         if start + record_len > options.segment_size && start > SEGMENT_HEADER_LEN {
             let record = self.current.bytes.split_off(mark);
@@ -298,6 +312,8 @@ pub(crate) struct Log {
     sync_lock: Mutex<()>,
     /// Everything up to this `Lsn` is on stable storage.
     synced: AtomicU64,
+    /// Open segment files for reading paged-out bodies, by segment number.
+    readers: Mutex<HashMap<u64, Arc<dyn FileHandle>>>,
 }
 
 impl fmt::Debug for Log {
@@ -312,16 +328,23 @@ impl fmt::Debug for Log {
 #[derive(Debug)]
 pub(crate) struct Recovered {
     pub(crate) offset: u64,
-    pub(crate) message: Arc<Message>,
+    /// `None` when only its position was kept (past the residency limit).
+    pub(crate) message: Option<Arc<Message>>,
+    pub(crate) body_len: u64,
     pub(crate) redelivered: bool,
     /// The `Lsn` of the end of its publish record.
     pub(crate) lsn: u64,
+    /// The publish record's length, header included.
+    pub(crate) record_len: u32,
 }
 
 /// A message during the scan: its publish record's end and whether a delivery was recorded.
 struct Pending {
-    message: Message,
+    /// Decoded only while the queue is under the residency limit.
+    message: Option<Message>,
+    body_len: u64,
     lsn: u64,
+    record_len: u32,
     delivered: bool,
 }
 
@@ -344,7 +367,9 @@ pub(crate) struct RecoveredLog {
     pub(crate) superseded: HashMap<(u64, u64, u64), bool>,
 }
 
-fn decode_publish(payload: &[u8]) -> Option<(u64, u64, Message, bool)> {
+/// Decodes a publish record: queue id, offset, the message (only if `load`), its body length,
+/// and whether it was delivered before.
+fn decode_publish(payload: &[u8], load: bool) -> Option<(u64, u64, Option<Message>, u64, bool)> {
     let mut fields = Fields::new(payload);
     let _kind = fields.u8()?;
     let queue_id = fields.u64()?;
@@ -364,6 +389,10 @@ fn decode_publish(payload: &[u8]) -> Option<(u64, u64, Message, bool)> {
     if !fields.is_done() {
         return None;
     }
+    let delivered = flags & FLAG_DELIVERED != 0;
+    if !load {
+        return Some((queue_id, offset, None, body_len as u64, delivered));
+    }
     // One allocation per message: the strings and buffers are slices of it.
     let shared = Bytes::copy_from_slice(payload.get(base..)?);
     let slice = |end: usize, len: usize| shared.slice(end - len - base..end - base);
@@ -376,7 +405,7 @@ fn decode_publish(payload: &[u8]) -> Option<(u64, u64, Message, bool)> {
         priority: (flags & FLAG_PRIORITY != 0).then_some(priority),
         expires_at_ms: (flags & FLAG_EXPIRES != 0).then_some(expires),
     };
-    Some((queue_id, offset, message, flags & FLAG_DELIVERED != 0))
+    Some((queue_id, offset, Some(message), body_len as u64, delivered))
 }
 
 /// An ack or delivery record: queue, offset, and the segment holding the publish it refers to.
@@ -485,6 +514,7 @@ impl Log {
                             &mut report,
                             &name,
                             pos,
+                            options.recovery_resident_per_queue,
                         );
                         pos = after;
                     }
@@ -519,9 +549,11 @@ impl Log {
                     }
                     Recovered {
                         offset,
-                        message: Arc::new(pending.message),
+                        message: pending.message.map(Arc::new),
+                        body_len: pending.body_len,
                         redelivered: pending.delivered || segment_of(pending.lsn) <= suspect_upto,
                         lsn: pending.lsn,
+                        record_len: pending.record_len,
                     }
                 })
                 .collect();
@@ -550,6 +582,7 @@ impl Log {
             failed: None,
             handed_out: make_lsn(current, SEGMENT_HEADER_LEN),
             sync_waiting: false,
+            last_record_len: 0,
         };
         let log = Log {
             backend,
@@ -558,6 +591,7 @@ impl Log {
             appended: Condvar::new(),
             sync_lock: Mutex::new(()),
             synced: AtomicU64::new(0),
+            readers: Mutex::new(HashMap::new()),
         };
         {
             let mut writer = log.writer.lock();
@@ -604,11 +638,12 @@ impl Log {
         offset: u64,
         message: &Message,
         delivered: bool,
-    ) -> Lsn {
+    ) -> (Lsn, u32) {
         let mut writer = self.writer.lock();
         let lsn = writer.append(&*self.backend, &self.options, |buf| {
             encode_publish(buf, queue_id, offset, message, delivered)
         });
+        let record_len = writer.last_record_len;
         if let Some(state) = writer.segments.get_mut(&segment_of(lsn)) {
             state.live += 1;
         }
@@ -616,7 +651,52 @@ impl Log {
             writer.sync_waiting = false;
             self.appended.notify_one();
         }
-        Lsn(lsn)
+        (Lsn(lsn), record_len)
+    }
+
+    /// Reads back the message of the publish record that ends at `lsn` and is `record_len`
+    /// bytes long (a paged-out body). The record must have been written (it was synced).
+    pub(crate) fn read_publish(&self, lsn: u64, record_len: u32) -> Result<Message, StoreError> {
+        let segment = segment_of(lsn);
+        let name = segment_name(segment);
+        let end = lsn & ((1 << SEGMENT_SHIFT) - 1);
+        let start = end
+            .checked_sub(u64::from(record_len))
+            .ok_or_else(|| StoreError::Corrupt {
+                file: name.clone(),
+                offset: end,
+                reason: "record length past the segment start".to_owned(),
+            })?;
+        let file = {
+            let mut files = self.readers.lock();
+            match files.get(&segment) {
+                Some(file) => Arc::clone(file),
+                None => {
+                    let file = self
+                        .backend
+                        .open(&name, false)
+                        .map_err(StoreError::io(&name))?;
+                    files.insert(segment, Arc::clone(&file));
+                    file
+                }
+            }
+        };
+        let mut data = vec![0u8; record_len as usize];
+        file.read_exact_at(&mut data, start)
+            .map_err(StoreError::io(&name))?;
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            file: name.clone(),
+            offset: start,
+            reason: reason.to_owned(),
+        };
+        match record::next(&data, 0) {
+            Next::Record(payload, _) => match decode_publish(payload, true) {
+                Some((_, _, Some(message), _, _)) => Ok(message),
+                _ => Err(corrupt("not a publish record")),
+            },
+            Next::Bad(reason) => Err(corrupt(reason)),
+            Next::End => Err(corrupt("empty record")),
+        }
     }
 
     fn reference(&self, kind: u8, queue_id: u64, offset: u64, publish_lsn: u64, release: bool) {
@@ -816,6 +896,7 @@ impl Log {
         }
         for number in doomed {
             self.writer.lock().segments.remove(&number);
+            self.readers.lock().remove(&number);
             let name = segment_name(number);
             let removed = self
                 .backend
@@ -896,6 +977,7 @@ fn apply_record(
     report: &mut RecoveredLog,
     name: &str,
     pos: usize,
+    resident_limit: usize,
 ) {
     let bad = |report: &mut RecoveredLog| {
         report.bad_records += 1;
@@ -903,7 +985,14 @@ fn apply_record(
     };
     match payload.first().copied() {
         Some(KIND_PUBLISH) => {
-            let Some((queue_id, offset, message, delivered)) = decode_publish(payload) else {
+            let resident = Fields::new(payload.get(1..).unwrap_or(&[]))
+                .u64()
+                .and_then(|queue_id| pending.get(&queue_id))
+                .map_or(0, |messages| messages.len());
+            let load = resident < resident_limit;
+            let Some((queue_id, offset, message, body_len, delivered)) =
+                decode_publish(payload, load)
+            else {
                 return bad(report);
             };
             let next = next_offsets.entry(queue_id).or_default();
@@ -913,7 +1002,10 @@ fn apply_record(
                     offset,
                     Pending {
                         message,
+                        body_len,
                         lsn,
+                        record_len: u32::try_from(record::FRAME_HEADER + payload.len())
+                            .unwrap_or(u32::MAX),
                         delivered,
                     },
                 );
@@ -1006,8 +1098,19 @@ impl Journal {
         Journal { log, queue_id }
     }
 
-    pub(crate) fn publish(&self, offset: u64, message: &Message, delivered: bool) -> Lsn {
+    /// Logs a publish; returns the end of its record and the record's length.
+    pub(crate) fn publish(&self, offset: u64, message: &Message, delivered: bool) -> (Lsn, u32) {
         self.log.publish(self.queue_id, offset, message, delivered)
+    }
+
+    /// Reads a logged message back (a paged-out body).
+    pub(crate) fn read(&self, lsn: u64, record_len: u32) -> Result<Message, StoreError> {
+        self.log.read_publish(lsn, record_len)
+    }
+
+    /// Everything up to this `Lsn` is on stable storage (and so in the file).
+    pub(crate) fn synced(&self) -> u64 {
+        self.log.synced().0
     }
 
     pub(crate) fn deliver(&self, offset: u64, publish_lsn: u64) {

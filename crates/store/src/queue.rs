@@ -6,7 +6,8 @@
 //!
 //! Layout, chosen for the hot path (push, pop, ack):
 //! - `fresh`: messages never delivered, in a `VecDeque`. Pushes append, pops take the front:
-//!   O(1), no allocation in steady state.
+//!   O(1), no allocation in steady state. On a durable queue an entry's body may be *paged out*:
+//!   only its position in the log is kept, and it is read back when it reaches the front.
 //! - `requeued`: messages delivered once and put back, in a `BTreeMap` by offset. A popped message
 //!   always has a smaller offset than every message still in `fresh` (offsets grow and `fresh` is
 //!   popped from the front), so every requeued message sorts before all of `fresh`: pop takes
@@ -62,6 +63,24 @@ struct Entry {
     lsn: u64,
 }
 
+/// A ready message never delivered; its content may be paged out to the durable log.
+#[derive(Debug, Clone)]
+struct Ready {
+    /// Position in the queue.
+    offset: u64,
+    /// The message, or `None` when only the log holds it (paged out, or left on disk at
+    /// recovery).
+    message: Option<Arc<Message>>,
+    /// Its body length, kept for the byte counts while it is paged out.
+    body_len: u64,
+    /// Recovered from disk flagged redelivered.
+    redelivered: bool,
+    /// End of its publish record in the durable log; 0 when it was not logged.
+    lsn: u64,
+    /// Length of that record, to read it back.
+    record_len: u32,
+}
+
 /// A hasher for offsets: they are already well spread (consecutive integers), so one multiply is
 /// enough and much cheaper than SipHash on the ack path.
 #[derive(Default, Clone, Copy)]
@@ -94,7 +113,7 @@ pub(crate) type OffsetMap<V> = HashMap<u64, V, BuildHasherDefault<OffsetHasher>>
 #[derive(Debug, Default)]
 pub struct Queue {
     /// Ready messages never delivered, in offset order.
-    fresh: VecDeque<Entry>,
+    fresh: VecDeque<Ready>,
     /// Ready messages that were delivered and put back, by offset; all sort before `fresh`.
     requeued: BTreeMap<u64, Entry>,
     /// Delivered messages waiting for an ack, by offset.
@@ -107,6 +126,8 @@ pub struct Queue {
     unacked_bytes: u64,
     /// Where persistent messages are logged; `None` for a transient queue.
     journal: Option<Journal>,
+    /// How many entries of `fresh` are paged out.
+    paged: usize,
 }
 
 impl Queue {
@@ -128,13 +149,18 @@ impl Queue {
             ..Queue::default()
         };
         for recovered in recovered {
-            queue.ready_bytes += recovered.message.body_len();
+            queue.ready_bytes += recovered.body_len;
             queue.next_offset = queue.next_offset.max(recovered.offset + 1);
-            queue.fresh.push_back(Entry {
+            if recovered.message.is_none() {
+                queue.paged += 1;
+            }
+            queue.fresh.push_back(Ready {
                 offset: recovered.offset,
                 message: recovered.message,
+                body_len: recovered.body_len,
                 redelivered: recovered.redelivered,
                 lsn: recovered.lsn,
+                record_len: recovered.record_len,
             });
         }
         queue
@@ -143,14 +169,15 @@ impl Queue {
     /// Takes the journal out (queue deletion): every logged message stops counting in the log.
     pub(crate) fn detach(&mut self) -> Option<Journal> {
         let journal = self.journal.take()?;
-        let entries = self
+        let lsns = self
             .requeued
             .values()
-            .chain(self.fresh.iter())
-            .chain(self.unacked.values());
-        for entry in entries {
-            if entry.lsn != 0 {
-                journal.forget(entry.lsn);
+            .chain(self.unacked.values())
+            .map(|entry| entry.lsn)
+            .chain(self.fresh.iter().map(|ready| ready.lsn));
+        for lsn in lsns {
+            if lsn != 0 {
+                journal.forget(lsn);
             }
         }
         Some(journal)
@@ -166,16 +193,22 @@ impl Queue {
     pub fn push(&mut self, message: Arc<Message>) -> Pushed {
         let offset = self.next_offset;
         self.next_offset += 1;
-        let lsn = match &self.journal {
-            Some(journal) if message.persistent => Some(journal.publish(offset, &message, false)),
-            _ => None,
+        let (lsn, record_len) = match &self.journal {
+            Some(journal) if message.persistent => {
+                let (lsn, record_len) = journal.publish(offset, &message, false);
+                (Some(lsn), record_len)
+            }
+            _ => (None, 0),
         };
-        self.ready_bytes += message.body_len();
-        self.fresh.push_back(Entry {
+        let body_len = message.body_len();
+        self.ready_bytes += body_len;
+        self.fresh.push_back(Ready {
             offset,
-            message,
+            message: Some(message),
+            body_len,
             redelivered: false,
             lsn: lsn.map_or(0, |lsn| lsn.0),
+            record_len,
         });
         Pushed { offset, lsn }
     }
@@ -253,8 +286,9 @@ impl Queue {
             Some(journal) if delivery.message.persistent => {
                 // The record carries the flag itself: a separate delivery record could be lost
                 // while the publish survives.
-                journal
+                (journal
                     .publish(delivery.offset, &delivery.message, delivery.redelivered)
+                    .0)
                     .0
             }
             _ => 0,
@@ -277,10 +311,15 @@ impl Queue {
         let count = self.ready_count();
         let requeued = std::mem::take(&mut self.requeued);
         let fresh = std::mem::take(&mut self.fresh);
+        self.paged = 0;
         if let Some(journal) = &self.journal {
-            for entry in requeued.values().chain(fresh.iter()) {
-                if entry.lsn != 0 {
-                    journal.ack(entry.offset, entry.lsn);
+            let logged = requeued
+                .values()
+                .map(|entry| (entry.offset, entry.lsn))
+                .chain(fresh.iter().map(|ready| (ready.offset, ready.lsn)));
+            for (offset, lsn) in logged {
+                if lsn != 0 {
+                    journal.ack(offset, lsn);
                 }
             }
         }
@@ -322,24 +361,113 @@ impl Queue {
         })
     }
 
-    /// The first ready message, without taking it.
-    pub fn peek(&self) -> Option<(&Arc<Message>, bool)> {
-        match self.requeued.first_key_value() {
-            Some((_, entry)) => Some((&entry.message, entry.redelivered)),
-            None => self
-                .fresh
-                .front()
-                .map(|entry| (&entry.message, entry.redelivered)),
+    /// The first ready message, without taking it (read back from disk if it was paged out).
+    pub fn peek(&mut self) -> Option<(Arc<Message>, bool)> {
+        if let Some((_, entry)) = self.requeued.first_key_value() {
+            return Some((Arc::clone(&entry.message), entry.redelivered));
         }
+        self.page_in(1);
+        let ready = self.fresh.front()?;
+        Some((Arc::clone(ready.message.as_ref()?), ready.redelivered))
+    }
+
+    /// Number of ready messages whose body is only on disk.
+    pub fn paged_count(&self) -> usize {
+        self.paged
+    }
+
+    /// Drops from memory the bodies of ready messages past the first `keep_resident`, when the
+    /// log already holds them durably and no other queue shares them (transient messages, and
+    /// messages of transient queues, stay in memory). They are read back when they reach the
+    /// front. Returns the bytes of memory released. The broker calls it on its longest queues
+    /// when over its memory budget. O(length of the queue).
+    pub fn page_out(&mut self, keep_resident: usize) -> usize {
+        let Some(journal) = &self.journal else {
+            return 0;
+        };
+        let synced = journal.synced();
+        let mut released = 0;
+        for ready in self.fresh.iter_mut().skip(keep_resident) {
+            if ready.lsn == 0 || ready.lsn > synced {
+                continue;
+            }
+            if let Some(message) = &ready.message
+                && Arc::strong_count(message) == 1
+            {
+                released += message.memory_size();
+                ready.message = None;
+                self.paged += 1;
+            }
+        }
+        released
+    }
+
+    /// Reads back the bodies of up to `count` paged-out messages at the front, so that delivering
+    /// them does not wait for the disk (a prefetch; the broker may run it on a blocking thread).
+    /// Returns how many were loaded. A record that cannot be read stays paged: the delivery
+    /// reports it.
+    pub fn page_in(&mut self, count: usize) -> usize {
+        let Some(journal) = &self.journal else {
+            return 0;
+        };
+        if self.paged == 0 {
+            return 0;
+        }
+        let mut loaded = 0;
+        for ready in self.fresh.iter_mut().take(count) {
+            if ready.message.is_some() {
+                continue;
+            }
+            match journal.read(ready.lsn, ready.record_len) {
+                Ok(message) => {
+                    ready.message = Some(Arc::new(message));
+                    self.paged -= 1;
+                    loaded += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        loaded
     }
 
     fn take_first_ready(&mut self) -> Option<Entry> {
-        let entry = match self.requeued.pop_first() {
-            Some((_, entry)) => entry,
-            None => self.fresh.pop_front()?,
-        };
-        self.ready_bytes -= entry.message.body_len();
-        Some(entry)
+        if let Some((_, entry)) = self.requeued.pop_first() {
+            self.ready_bytes -= entry.message.body_len();
+            return Some(entry);
+        }
+        loop {
+            let ready = self.fresh.pop_front()?;
+            self.ready_bytes -= ready.body_len;
+            let message = match ready.message {
+                Some(message) => message,
+                None => {
+                    self.paged -= 1;
+                    let read = match &self.journal {
+                        Some(journal) => journal.read(ready.lsn, ready.record_len),
+                        None => continue,
+                    };
+                    match read {
+                        Ok(message) => Arc::new(message),
+                        Err(error) => {
+                            // The disk lost it: say so, and drop it for good rather than
+                            // failing every delivery after it.
+                            tracing::error!(%error, offset = ready.offset,
+                                "a paged-out message cannot be read back and is dropped");
+                            if let Some(journal) = &self.journal {
+                                journal.ack(ready.offset, ready.lsn);
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            return Some(Entry {
+                offset: ready.offset,
+                message,
+                redelivered: ready.redelivered,
+                lsn: ready.lsn,
+            });
+        }
     }
 }
 
@@ -501,6 +629,11 @@ mod tests {
         assert_eq!(queue.unacked_bytes(), 0);
         let (peeked, redelivered) = queue.peek().unwrap();
         assert_eq!((&peeked.body[..], redelivered), (&b"12345"[..], true));
+        assert_eq!(
+            queue.page_out(0),
+            0,
+            "a transient queue keeps everything in memory"
+        );
     }
 
     #[test]

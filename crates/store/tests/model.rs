@@ -31,6 +31,11 @@ enum Op {
     Bounce {
         queue: usize,
     },
+    /// Memory pressure: bodies past the first `keep` go to disk.
+    PageOut {
+        queue: usize,
+        keep: usize,
+    },
     Ack {
         queue: usize,
         pick: usize,
@@ -56,6 +61,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => queue.clone().prop_map(|queue| Op::Pop { queue }),
         1 => queue.clone().prop_map(|queue| Op::PopNoAck { queue }),
         1 => queue.clone().prop_map(|queue| Op::Bounce { queue }),
+        2 => (queue.clone(), 0..3usize).prop_map(|(queue, keep)| Op::PageOut { queue, keep }),
         4 => (queue.clone(), any::<usize>()).prop_map(|(queue, pick)| Op::Ack { queue, pick }),
         2 => (queue.clone(), any::<usize>()).prop_map(|(queue, pick)| Op::Requeue { queue, pick }),
         1 => queue.prop_map(|queue| Op::Purge { queue }),
@@ -125,7 +131,10 @@ fn def(index: usize) -> QueueDef {
 }
 
 fn open(backend: &MemBackend) -> (Store, Vec<Queue>, bool) {
-    let options = StoreOptions::default().with_segment_size(4096);
+    // Few resident messages at recovery, so that paged-out bodies are read back often.
+    let options = StoreOptions::default()
+        .with_segment_size(4096)
+        .with_recovery_resident_per_queue(3);
     let (store, recovery) = Store::open_with(Arc::new(backend.clone()), options).unwrap();
     let clean = recovery.report.clean_shutdown;
     let mut by_name: BTreeMap<String, Queue> = recovery
@@ -286,6 +295,9 @@ fn run(ops: Vec<Op>) {
                         model[queue].unacked.insert(id);
                     }
                 }
+            }
+            Op::PageOut { queue, keep } => {
+                queues[queue].page_out(keep);
             }
             Op::Bounce { queue } => {
                 let Some(delivery) = queues[queue].pop_no_ack() else {
