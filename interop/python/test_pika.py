@@ -823,3 +823,85 @@ def test_unacked_requeued_on_connection_close(names):
         assert [(m.redelivered, b) for m, _p, b in again] == [(True, b"m1"), (True, b"m2")]
     finally:
         second.close()
+
+
+# -- RabbitMQ extensions that clients rely on -------------------------------------------------
+
+
+def test_message_ttl_expires(connection, names):
+    channel = connection.channel()
+    channel.confirm_delivery()
+    per_queue = names.queue("queue-ttl")
+    per_message = names.queue("message-ttl")
+    channel.queue_declare(per_queue, arguments={"x-message-ttl": 100})
+    channel.queue_declare(per_message)
+    channel.basic_publish("", per_queue, b"expires")
+    channel.basic_publish("", per_message, b"expires", BasicProperties(expiration="100"))
+    channel.basic_publish("", per_message, b"stays", BasicProperties(expiration="60000"))
+    channel.basic_publish("", per_message, b"no-ttl")
+    time.sleep(0.4)
+    assert drain(channel, per_queue) == []
+    assert drain(channel, per_message) == [b"stays", b"no-ttl"]
+
+
+def test_queue_max_length_drops_head(connection, names):
+    channel = connection.channel()
+    channel.confirm_delivery()
+    queue = names.queue()
+    channel.queue_declare(queue, arguments={"x-max-length": 2})
+    for body in (b"m1", b"m2", b"m3"):
+        channel.basic_publish("", queue, body)
+    assert drain(channel, queue) == [b"m2", b"m3"]
+
+
+def test_dead_letter_on_reject(connection, names):
+    channel = connection.channel()
+    channel.confirm_delivery()
+    dlx = names.exchange("dlx")
+    dead = names.queue("dead")
+    work = names.queue("work")
+    channel.exchange_declare(dlx, "direct")
+    channel.queue_declare(dead)
+    channel.queue_bind(dead, dlx, routing_key="dead")
+    channel.queue_declare(work, arguments={"x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": "dead"})
+    channel.basic_publish("", work, b"poison", BasicProperties(message_id="p1"))
+    method, _p, _b = channel.basic_get(work)
+    channel.basic_reject(method.delivery_tag, requeue=False)
+    deadline = time.monotonic() + 5
+    got = (None, None, None)
+    while got[0] is None and time.monotonic() < deadline:
+        got = channel.basic_get(dead, auto_ack=True)
+    _m, props, body = got
+    assert body == b"poison" and props.message_id == "p1"
+    [death] = props.headers["x-death"]
+    assert (death["queue"], death["reason"], death["count"]) == (work, "rejected", 1)
+    assert death["exchange"] == "" and death["routing-keys"] == [work]
+
+
+def test_queue_expires_when_unused(connection, names):
+    channel = connection.channel()
+    queue = names.queue()
+    channel.queue_declare(queue, arguments={"x-expires": 200})
+    assert channel.queue_declare(queue, passive=True).method.queue == queue
+    time.sleep(1.0)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        channel.queue_declare(queue, passive=True)
+    assert_channel_closed(excinfo, 404, "NOT_FOUND")
+
+
+def test_consumer_priority(connection, names):
+    channel = connection.channel()
+    queue = names.queue()
+    channel.queue_declare(queue)
+    got = {"low": [], "high": []}
+    channel.basic_consume(queue, lambda ch, m, p, b: got["low"].append(b), auto_ack=True)
+    channel.basic_consume(
+        queue, lambda ch, m, p, b: got["high"].append(b), auto_ack=True, arguments={"x-priority": 10}
+    )
+    for i in range(6):
+        channel.basic_publish("", queue, str(i).encode())
+    deadline = time.monotonic() + 5
+    while len(got["low"]) + len(got["high"]) < 6 and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.05)
+    # An active higher-priority consumer with credit gets every message.
+    assert got == {"low": [], "high": [str(i).encode() for i in range(6)]}

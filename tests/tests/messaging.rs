@@ -936,3 +936,143 @@ async fn user_id_other_than_the_login_is_406() {
     raw.publish(2, "", "uid", &props, b"x").await;
     raw.get(2, "uid").await;
 }
+
+#[tokio::test]
+async fn higher_priority_consumers_are_served_first_while_they_have_credit() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    let queue = declare(&channel).await;
+    channel
+        .basic_qos(1, BasicQosOptions { global: false })
+        .await
+        .unwrap();
+    let mut low = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "low".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-priority".into(), lapin::types::AMQPValue::LongInt(10));
+    let mut high = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "high".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    for i in 0..3u8 {
+        publish(&channel, &queue, &[i]).await;
+    }
+    let first = within(5, high.next()).await.unwrap().unwrap();
+    assert_eq!(
+        first.data,
+        [0],
+        "the high-priority consumer gets the first message"
+    );
+    let second = within(5, low.next()).await.unwrap().unwrap();
+    assert_eq!(
+        second.data,
+        [1],
+        "the low one only while the high one has no credit"
+    );
+    first.ack(BasicAckOptions::default()).await.unwrap();
+    let third = within(5, high.next()).await.unwrap().unwrap();
+    assert_eq!(third.data, [2]);
+}
+
+async fn declare_with(
+    channel: &lapin::Channel,
+    name: &str,
+    args: &[(&str, lapin::types::AMQPValue)],
+) {
+    let mut table = FieldTable::default();
+    for (key, value) in args {
+        table.insert((*key).into(), value.clone());
+    }
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            table,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn max_length_drops_the_oldest_messages() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    declare_with(
+        &channel,
+        "bounded",
+        &[("x-max-length", lapin::types::AMQPValue::LongInt(2))],
+    )
+    .await;
+    for body in [&b"1"[..], b"2", b"3"] {
+        publish(&channel, "bounded", body).await;
+    }
+    let first = channel
+        .basic_get("bounded".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.delivery.data, b"2");
+    assert_eq!(first.message_count, 1);
+}
+
+#[tokio::test]
+async fn reject_publish_overflow_nacks_the_confirm() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    declare_with(
+        &channel,
+        "full",
+        &[
+            ("x-max-length", lapin::types::AMQPValue::LongInt(1)),
+            (
+                "x-overflow",
+                lapin::types::AMQPValue::LongString("reject-publish".into()),
+            ),
+        ],
+    )
+    .await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for body in [&b"kept"[..], b"refused"] {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                "full".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        outcomes.push(within(5, confirm).await.unwrap());
+    }
+    assert_eq!(
+        outcomes,
+        vec![Confirmation::Ack(None), Confirmation::Nack(None)]
+    );
+    let got = channel
+        .basic_get("full".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.delivery.data, b"kept");
+    assert_eq!(got.message_count, 0);
+}

@@ -34,6 +34,10 @@ pub enum RouteOutcome {
 /// Output and scratch space for [`crate::Topology::route`]. Keep one per channel (or per
 /// connection task) and pass it to every route call: after the first few messages routing
 /// allocates nothing, because every vector and table here is cleared, not dropped.
+///
+/// The handles of the last message stay in the buffer until the next route call; take them
+/// with [`RouteBuf::drain`] (or call [`RouteBuf::clear`]) once delivered, so that a deleted
+/// queue is not kept alive by an idle channel's buffer.
 #[derive(Debug)]
 pub struct RouteBuf<Q> {
     /// The matched queues' handles, each queue once, in the order first reached.

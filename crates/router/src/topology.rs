@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
 use warren_codec::{FieldTable, FieldValue, ShortString};
 
 use crate::dest::{DestKey, QueueId, Target};
@@ -263,11 +264,15 @@ impl PairSet {
     }
 }
 
+/// The argument tables bound under one (source, destination, key).
+type ArgumentTables = SmallVec<[FieldTable; 1]>;
+
 /// The authoritative bindings, kept for writers and listings only.
 #[derive(Debug, Default)]
 struct Catalog {
-    /// source -> (destination, key) -> the distinct sorted argument tables bound.
-    by_source: FastMap<ShortString, FastMap<(Destination, ShortString), Vec<FieldTable>>>,
+    /// source -> (destination, key) -> the distinct sorted argument tables bound (almost
+    /// always one, kept inline).
+    by_source: FastMap<ShortString, FastMap<(Destination, ShortString), ArgumentTables>>,
     /// destination -> (source, key) pairs with at least one binding.
     by_destination: FastMap<Destination, PairSet>,
     /// The next never-used queue id.
@@ -759,7 +764,7 @@ impl<Q: Clone> Topology<Q> {
             .entry(source_name.clone())
             .or_default()
             .entry((destination.clone(), key.clone()))
-            .or_insert_with(|| Vec::with_capacity(1));
+            .or_default();
         if tables.contains(&arguments) {
             return Ok(false);
         }

@@ -25,7 +25,9 @@ use crate::broker::{Broker, QueueDeclare, SyncState, VHost};
 use crate::config::{HARD_MAX_MESSAGE_SIZE, Limits};
 use crate::connection::{ClientCaps, Out};
 use crate::error::{AmqpError, ChannelError, ConnectionError};
-use crate::queue::{AttachError, ChannelShared, Consumer, Outbox, QueueEntity, generated_name};
+use crate::queue::{
+    AttachError, ChannelShared, Consumer, Outbox, Published, QueueEntity, generated_name,
+};
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -159,9 +161,10 @@ enum Mode {
         next_tag: u64,
         /// Confirms not yet sent that need no sync: (first, last).
         pending: Option<(u64, u64)>,
-        /// Confirms waiting for the store's sync: (tag, log position), in tag order. A publish
+        /// Confirms waiting for the store's sync: (tag, log position, nack?), in tag order. A
+        /// publish
         /// that needs no sync still queues here behind one that does, so acks stay in order.
-        waiting: VecDeque<(u64, Lsn)>,
+        waiting: VecDeque<(u64, Lsn, bool)>,
     },
     Tx {
         publishes: Vec<Publish>,
@@ -657,6 +660,7 @@ impl Channel {
             unacked: AtomicU32::new(0),
             channel: Arc::clone(&self.shared),
             queue: Arc::clone(&queue),
+            priority: consumer_priority(&consume.arguments),
         });
         // Deliveries dispatched by `attach` wait in the outbox, which the connection drains
         // after this handler, so consume-ok still goes out before them.
@@ -942,6 +946,8 @@ impl Channel {
         let persistent = publish.properties.delivery_mode == Some(2);
         // The furthest log position this message was written at, if any queue logged it.
         let mut lsn: Option<Lsn> = None;
+        // A queue at its x-max-length with x-overflow reject-publish refused it: nack.
+        let mut rejected = false;
         if direct.is_none() && self.route_buf.is_empty() {
             if publish.mandatory {
                 // The return goes out before this message's confirm.
@@ -967,11 +973,15 @@ impl Channel {
                 )
                 .with_persistent(persistent),
             );
+            let mut record = |outcome: Published| match outcome {
+                Published::Queued(at) => lsn = lsn.max(at),
+                Published::Rejected => rejected = true,
+            };
             if let Some(queue) = direct {
-                lsn = lsn.max(queue.publish(Arc::clone(&message)));
+                record(queue.publish(Arc::clone(&message)));
             }
             for queue in self.route_buf.drain() {
-                lsn = lsn.max(queue.publish(Arc::clone(&message)));
+                record(queue.publish(Arc::clone(&message)));
             }
         }
         if let Mode::Confirm {
@@ -982,15 +992,35 @@ impl Channel {
         {
             let tag = *next_tag;
             *next_tag += 1;
-            match (lsn, waiting.back()) {
-                (None, None) => {
+            let behind = waiting.back().map(|&(_, at, _)| at);
+            match (lsn.max(behind), rejected) {
+                (None, false) => {
                     *pending = Some(match *pending {
                         None => (tag, tag),
                         Some((first, _)) => (first, tag),
                     });
                 }
-                (Some(lsn), _) => waiting.push_back((tag, lsn)),
-                (None, Some(&(_, behind))) => waiting.push_back((tag, behind)),
+                (None, true) => {
+                    // Nothing to wait for: earlier confirms, then this nack, in order.
+                    if let Some((first, last)) = pending.take() {
+                        ctx.out.method(
+                            n,
+                            m::BasicAck {
+                                delivery_tag: last,
+                                multiple: last > first,
+                            },
+                        );
+                    }
+                    ctx.out.method(
+                        n,
+                        m::BasicNack {
+                            delivery_tag: tag,
+                            multiple: false,
+                            requeue: false,
+                        },
+                    );
+                }
+                (Some(at), nack) => waiting.push_back((tag, at, nack)),
             }
             if !ctx.confirm_dirty.contains(&n) {
                 ctx.confirm_dirty.push(n);
@@ -1020,8 +1050,27 @@ impl Channel {
         }
         let Some(sync) = sync else { return };
         let mut acked: Option<(u64, u64)> = None;
-        while let Some(&(tag, lsn)) = waiting.front() {
-            if lsn <= sync.synced {
+        while let Some(&(tag, lsn, nack)) = waiting.front() {
+            if lsn <= sync.synced && nack {
+                if let Some((first, last)) = acked.take() {
+                    out.method(
+                        self.number,
+                        m::BasicAck {
+                            delivery_tag: last,
+                            multiple: last > first,
+                        },
+                    );
+                }
+                out.method(
+                    self.number,
+                    m::BasicNack {
+                        delivery_tag: tag,
+                        multiple: false,
+                        requeue: false,
+                    },
+                );
+                waiting.pop_front();
+            } else if lsn <= sync.synced {
                 acked = Some(acked.map_or((tag, tag), |(first, _)| (first, tag)));
                 waiting.pop_front();
             } else if lsn <= sync.failed {
@@ -1072,6 +1121,21 @@ fn complete(publish: m::BasicPublish, header: ContentHeader, body: Bytes) -> Pub
         properties: header.properties,
         raw_properties: header.raw_properties,
         body,
+    }
+}
+
+/// The `x-priority` consumer argument (any integer type), 0 when absent.
+fn consumer_priority(arguments: &warren_codec::FieldTable) -> i64 {
+    use warren_codec::FieldValue;
+    match arguments.get(b"x-priority") {
+        Some(FieldValue::I8(v)) => i64::from(*v),
+        Some(FieldValue::U8(v)) => i64::from(*v),
+        Some(FieldValue::I16(v)) => i64::from(*v),
+        Some(FieldValue::U16(v)) => i64::from(*v),
+        Some(FieldValue::I32(v)) => i64::from(*v),
+        Some(FieldValue::U32(v)) => i64::from(*v),
+        Some(FieldValue::I64(v)) => *v,
+        _ => 0,
     }
 }
 

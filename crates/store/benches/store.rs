@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use warren_codec::ShortString;
-use warren_store::{Message, Queue, QueueDef, Store};
+use warren_store::{FileBackend, Message, Queue, QueueDef, Store, StoreOptions};
 
 fn message(len: usize, persistent: bool) -> Arc<Message> {
     Arc::new(
@@ -123,6 +123,30 @@ fn durable(c: &mut Criterion) {
             });
         });
     }
+    // Consumers draining a backlog whose bodies were paged out: one pread per message.
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("1KiB_drain_10000_paged_out", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let mut queue = store.declare_queue(&queue_def("paged")).unwrap();
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                for _ in 0..10_000 {
+                    queue.push(message(1024, true));
+                }
+                store.sync().unwrap();
+                assert!(queue.page_out(0) > 0);
+                let started = Instant::now();
+                while let Some(delivery) = queue.pop() {
+                    queue.ack(delivery.offset);
+                }
+                total += started.elapsed();
+                store.sync().unwrap();
+            }
+            total
+        });
+    });
     group.finish();
 }
 
@@ -160,6 +184,19 @@ fn recovery(c: &mut Criterion) {
             black_box((store, recovery));
         });
     });
+    // The same folder with every body left on disk (paged), as for a backlog beyond RAM.
+    group.bench_function(
+        format!("open_{count}_1KiB_messages_bodies_left_on_disk"),
+        |b| {
+            let options = StoreOptions::default().with_recovery_resident_per_queue(0);
+            b.iter(|| {
+                let backend = Arc::new(FileBackend::new(dir.path()).unwrap());
+                let (store, recovery) = Store::open_with(backend, options).unwrap();
+                assert_eq!(recovery.report.messages, count as u64);
+                black_box((store, recovery));
+            });
+        },
+    );
     group.finish();
 }
 

@@ -97,8 +97,9 @@ export function client(clientName) {
   return scenario;
 }
 
+/** The error's message on one line (assert's diffs span several), cut to 160 characters. */
 function firstLine(error) {
-  return String(error?.message ?? error).split("\n")[0].slice(0, 160);
+  return String(error?.message ?? error).replace(/\s+/g, " ").trim().slice(0, 160);
 }
 
 function record(id, error) {

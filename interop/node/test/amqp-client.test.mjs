@@ -364,3 +364,32 @@ scenario("direct_reply_to", async (n) => {
   await server.close();
   await conn.close();
 });
+
+/** Asserts that `conn` was closed by the broker with `code` and a reply text starting `textPrefix`. */
+async function expectConnectionClose(conn, promise, code, textPrefix) {
+  await assert.rejects(promise, (error) => {
+    // amqp-client reports a server-sent connection.close as "connection closed: TEXT (CODE)".
+    const match = error.message.match(/connection closed: (.*) \((\d+)\)$/);
+    assert.ok(match, error.message);
+    assert.equal(Number(match[2]), code, error.message);
+    assert.ok(match[1].startsWith(textPrefix), error.message);
+    return true;
+  });
+  await waitFor(() => conn.closed, 5000, "the connection to close");
+}
+
+scenario("immediate_flag_not_implemented", async (n) => {
+  const conn = await connect();
+  const ch = await conn.channel();
+  const queue = n.queue();
+  await ch.queueDeclare(queue);
+  // RabbitMQ 3.x dropped `immediate`: a publish with it is a 540 connection error.
+  const published = ch.basicPublish("", queue, "now", {}, false, true);
+  await expectConnectionClose(conn, published.then(() => ch.queueDeclare(queue, { passive: true })), 540, "NOT_IMPLEMENTED");
+});
+
+scenario("prefetch_size_not_implemented", async () => {
+  const conn = await connect();
+  const ch = await conn.channel();
+  await expectConnectionClose(conn, ch.basicQos(10, 4096), 540, "NOT_IMPLEMENTED");
+});

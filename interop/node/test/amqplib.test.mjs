@@ -708,3 +708,56 @@ scenario("unacked_requeued_on_connection_close", async (n) => {
   assert.deepEqual(again.map((m) => [m.fields.redelivered, m.content.toString()]), [[true, "m1"], [true, "m2"]]);
   await second.close();
 });
+
+// -- RabbitMQ extensions that clients rely on ----------------------------------------------------
+
+scenario("message_ttl_expires", async (n) => {
+  const connection = await connect();
+  const ch = await channel(connection, true);
+  const [perQueue, perMessage] = [n.queue("queue-ttl"), n.queue("message-ttl")];
+  await ch.assertQueue(perQueue, { messageTtl: 100 });
+  await ch.assertQueue(perMessage);
+  ch.sendToQueue(perQueue, Buffer.from("expires"));
+  ch.sendToQueue(perMessage, Buffer.from("expires"), { expiration: "100" });
+  ch.sendToQueue(perMessage, Buffer.from("stays"), { expiration: "60000" });
+  ch.sendToQueue(perMessage, Buffer.from("no-ttl"));
+  await ch.waitForConfirms();
+  await sleep(400);
+  assert.deepEqual(await drain(ch, perQueue), []);
+  assert.deepEqual(await drain(ch, perMessage), ["stays", "no-ttl"]);
+  await connection.close();
+});
+
+scenario("dead_letter_on_reject", async (n) => {
+  const connection = await connect();
+  const ch = await channel(connection, true);
+  const [dlx, dead, work] = [n.exchange("dlx"), n.queue("dead"), n.queue("work")];
+  await ch.assertExchange(dlx, "direct", { durable: false });
+  await ch.assertQueue(dead);
+  await ch.bindQueue(dead, dlx, "dead");
+  await ch.assertQueue(work, { deadLetterExchange: dlx, deadLetterRoutingKey: "dead" });
+  ch.sendToQueue(work, Buffer.from("poison"), { messageId: "p1" });
+  await ch.waitForConfirms();
+  ch.reject(await ch.get(work), false);
+  let message = false;
+  await waitFor(async () => (message = await ch.get(dead, { noAck: true })) !== false);
+  assert.deepEqual([message.content.toString(), message.properties.messageId], ["poison", "p1"]);
+  const [death] = message.properties.headers["x-death"];
+  assert.deepEqual([death.queue, death.reason, death.count, death.exchange, death["routing-keys"]], [work, "rejected", 1, "", [work]]);
+  await connection.close();
+});
+
+scenario("consumer_priority", async (n) => {
+  const connection = await connect();
+  const ch = await channel(connection);
+  const queue = n.queue();
+  await ch.assertQueue(queue);
+  const got = { low: [], high: [] };
+  await ch.consume(queue, (m) => m && got.low.push(m.content.toString()), { noAck: true });
+  await ch.consume(queue, (m) => m && got.high.push(m.content.toString()), { noAck: true, priority: 10 });
+  for (let i = 0; i < 6; i++) ch.sendToQueue(queue, Buffer.from(String(i)));
+  await waitFor(() => got.low.length + got.high.length === 6);
+  // An active higher-priority consumer with credit gets every message.
+  assert.deepEqual(got, { low: [], high: ["0", "1", "2", "3", "4", "5"] });
+  await connection.close();
+});
