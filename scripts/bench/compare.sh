@@ -138,13 +138,13 @@ run_one() {
     line="$(tail -1 "$out.json" 2>/dev/null || true)"
     if [[ $line == \{* ]]; then
         jq -c --arg s "$scenario" --arg b "$broker" --argjson r "$round" \
-            '. + {scenario: $s, broker: $b, round: $r}' <<<"$line" >>"$RESULTS"
+            '. + {"scenario": $s, "side": $b, "round": $r}' <<<"$line" >>"$RESULTS"
     else
         jq -nc --arg l "$label" --arg s "$scenario" --arg b "$broker" --argjson r "$round" \
             --arg e "$(tail -3 "$out.err" | tr '\n' ' ')" \
-            '{label: $l, scenario: $s, broker: $b, round: $r, ok: false, errors: [$e]}' >>"$RESULTS"
+            '{"label": $l, "scenario": $s, "side": $b, "round": $r, "ok": false, "errors": [$e]}' >>"$RESULTS"
     fi
-    jq -c '{label, ok, consume_rate, errors}' <<<"$(tail -1 "$RESULTS")" >&2
+    jq -c '{label: .label, ok: .ok, consume_rate: .consume_rate, errors: .errors}' <<<"$(tail -1 "$RESULTS")" >&2
 }
 
 for round in $(seq "$ROUNDS"); do

@@ -66,10 +66,10 @@ def fmt(v):
     return f"{v:.2f}" if abs(v) < 1 else f"{v:.1f}"
 
 
-def median_of(reports, scenario, broker, read):
+def median_of(reports, scenario, side, read):
     values = []
     for r in reports:
-        if r.get("scenario") == scenario and r.get("broker") == broker and r.get("ok"):
+        if r.get("scenario") == scenario and r.get("side") == side and r.get("ok"):
             v = read(r)
             if v is not None:
                 values.append(float(v))
@@ -79,7 +79,7 @@ def median_of(reports, scenario, broker, read):
 def build_table(reports, params):
     runs = {}
     for r in reports:
-        key = (r.get("scenario"), r.get("broker"))
+        key = (r.get("scenario"), r.get("side"))
         ok, total = runs.get(key, (0, 0))
         runs[key] = (ok + (1 if r.get("ok") else 0), total + 1)
     lines = []
