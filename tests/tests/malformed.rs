@@ -366,3 +366,11 @@ async fn row21_bad_password_without_the_capability_just_closes() {
     raw.send_start_ok(b"\0guest\0wrong", false).await;
     assert_eq!(raw.read_frame().await, None, "no close frame, just EOF");
 }
+
+#[tokio::test]
+async fn row1_amqp_0_9_header_is_served_as_0_9_1() {
+    let broker = TestBroker::start().await;
+    let mut raw = RawClient::connect(broker.addr()).await;
+    raw.send(b"AMQP\x01\x01\x00\x09").await;
+    raw.expect_method(10, 10).await;
+}

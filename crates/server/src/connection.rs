@@ -42,6 +42,8 @@ const PRE_TUNE_FRAME_MAX: u32 = 4096;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes read per `read` call at most (the buffer grows to a whole frame as needed).
 const READ_CHUNK: usize = 64 * 1024;
+/// The read buffer of a new connection; enough for the handshake and small publishes.
+const INITIAL_READ_BUFFER: usize = 4096;
 /// Write buffer size above which the connection stops taking deliveries from its outbox until
 /// the socket drains.
 const WRITE_HIGH_WATER: usize = 1024 * 1024;
@@ -164,7 +166,7 @@ pub async fn serve(
             caps: ClientCaps::default(),
             channels: Vec::new(),
             out: Out {
-                buf: BytesMut::with_capacity(8 * 1024),
+                buf: BytesMut::with_capacity(1024),
                 frame_max: PRE_TUNE_FRAME_MAX,
             },
             outbox: Arc::new(Outbox::default()),
@@ -196,11 +198,13 @@ impl Connection {
         mut stream: TcpStream,
         mut shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<()> {
-        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+        // Small at first: an idle connection costs little; a busy one grows it (see below).
+        let mut inbuf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
 
         // The protocol header: 8 bytes within the handshake timeout.
         let deadline = self.deadline.unwrap_or_else(Instant::now);
-        while inbuf.len() < 8 {
+        let mut check = frame::check_protocol_header(&inbuf);
+        while check == frame::ProtocolHeaderCheck::NeedMore {
             let n = tokio::select! {
                 n = stream.read_buf(&mut inbuf) => n?,
                 _ = tokio::time::sleep_until(deadline) => {
@@ -212,11 +216,9 @@ impl Connection {
             if n == 0 {
                 return Ok(());
             }
-            if !frame::PROTOCOL_HEADER.starts_with(&inbuf[..inbuf.len().min(8)]) {
-                break;
-            }
+            check = frame::check_protocol_header(&inbuf);
         }
-        if inbuf.get(..8) != Some(&frame::PROTOCOL_HEADER[..]) {
+        if check == frame::ProtocolHeaderCheck::Bad {
             info!("bad protocol header: answering with ours and closing");
             stream.write_all(frame::PROTOCOL_HEADER).await?;
             let _ = stream.shutdown().await;
@@ -285,8 +287,12 @@ impl Connection {
                         self.phase = Phase::Done;
                     } else {
                         last_read = Instant::now();
-                        if inbuf.capacity() - inbuf.len() < 4096 {
+                        // A read that filled the buffer means a busy peer: read bigger chunks.
+                        // (Bodies are sliced out of this buffer, so it is not reused in place.)
+                        if inbuf.capacity() == inbuf.len() {
                             inbuf.reserve(READ_CHUNK);
+                        } else if inbuf.capacity() - inbuf.len() < 1024 {
+                            inbuf.reserve(INITIAL_READ_BUFFER);
                         }
                     }
                 }
