@@ -214,10 +214,36 @@ fn topic(c: &mut Bench) {
     bind(&topology, "q", "#");
     let key = vec!["a"; 128].join(".");
     bench_route(c, "topic/adversarial_128_words", &topology, &[key], &[]);
+    // Worse: many distinct patterns with several `#` each, so the trie has many nodes below
+    // two `#`, against the longest key (255 bytes) whose words match them. The cost is bounded
+    // by nodes x (words + 1), which is what this measures.
+    let n = scale(1000);
+    let topology = topology_with(ExchangeKind::Topic);
+    add_queue(&topology, "q");
+    bind(&topology, "q", "#");
+    for i in 0..n {
+        let pattern = format!(
+            "#.w{}.#.*.#.w{}.#.w{}",
+            i % 10,
+            (i / 10) % 10,
+            (i / 100) % 10
+        );
+        bind(&topology, "q", &pattern);
+    }
+    let key = (0..84)
+        .map(|i| format!("w{}", i % 10))
+        .collect::<Vec<_>>()
+        .join(".");
+    assert!(key.len() <= 255);
+    bench_route(
+        c,
+        &format!("topic/adversarial_{n}_patterns_84_words"),
+        &topology,
+        &[key],
+        &[],
+    );
 }
 
-/// Each binding selects one customer, half with `all` (customer and format), half with `any`
-/// (customer or a region no message has); each message matches one binding.
 fn headers(c: &mut Bench) {
     let n = scale(1000);
     let topology = topology_with(ExchangeKind::Headers);

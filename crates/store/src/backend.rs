@@ -116,6 +116,44 @@ impl Backend for FileBackend {
     }
 }
 
+/// The files of another backend whose names start with `prefix`, seen without it: a namespace
+/// inside the data folder (the spill log uses `spill-`).
+#[derive(Debug)]
+pub(crate) struct Prefixed {
+    pub(crate) inner: Arc<dyn Backend>,
+    pub(crate) prefix: &'static str,
+}
+
+impl Backend for Prefixed {
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self
+            .inner
+            .list()?
+            .into_iter()
+            .filter_map(|name| name.strip_prefix(self.prefix).map(str::to_owned))
+            .collect())
+    }
+
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn FileHandle>> {
+        self.inner.open(&format!("{}{name}", self.prefix), create)
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.inner.remove(&format!("{}{name}", self.prefix))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.inner.rename(
+            &format!("{}{from}", self.prefix),
+            &format!("{}{to}", self.prefix),
+        )
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
 /// The contents of one in-memory file.
 #[derive(Debug, Default)]
 struct MemFileData {

@@ -56,6 +56,8 @@ const FLAG_PRIORITY: u8 = 1;
 const FLAG_EXPIRES: u8 = 2;
 /// The message was delivered before this record was written (a restored no-ack delivery).
 const FLAG_DELIVERED: u8 = 4;
+/// The message is not persistent (only in the spill log, which holds transient messages too).
+const FLAG_TRANSIENT: u8 = 8;
 
 /// Tunables of the durable store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,6 +316,9 @@ pub(crate) struct Log {
     synced: AtomicU64,
     /// Open segment files for reading paged-out bodies, by segment number.
     readers: Mutex<HashMap<u64, Arc<dyn FileHandle>>>,
+    /// A spill log: bodies paged out of memory that need no durability. Its syncs write but
+    /// never fsync, and it is wiped at every start.
+    volatile: bool,
 }
 
 impl fmt::Debug for Log {
@@ -401,7 +406,7 @@ fn decode_publish(payload: &[u8], load: bool) -> Option<(u64, u64, Option<Messag
         routing_key: ShortString::from_bytes(slice(routing_key_end, routing_key_len)).ok()?,
         properties: slice(properties_end, properties_len),
         body: slice(body_end, body_len),
-        persistent: true,
+        persistent: flags & FLAG_TRANSIENT == 0,
         priority: (flags & FLAG_PRIORITY != 0).then_some(priority),
         expires_at_ms: (flags & FLAG_EXPIRES != 0).then_some(expires),
     };
@@ -592,6 +597,7 @@ impl Log {
             sync_lock: Mutex::new(()),
             synced: AtomicU64::new(0),
             readers: Mutex::new(HashMap::new()),
+            volatile: false,
         };
         {
             let mut writer = log.writer.lock();
@@ -612,6 +618,20 @@ impl Log {
         // Make the new segment (and any repairs) durable and drop what recovery found dead.
         log.sync().map_err(|failed| failed.error)?;
         Ok((log, report))
+    }
+
+    /// Opens an empty spill log in `backend` (a namespace of the data folder), deleting what a
+    /// previous run left there.
+    pub(crate) fn open_spill(
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+    ) -> Result<Log, StoreError> {
+        for name in backend.list().map_err(StoreError::io("spill files"))? {
+            backend.remove(&name).map_err(StoreError::io(&name))?;
+        }
+        let (mut log, _) = Log::open(backend, options, &BTreeSet::new(), true, 0)?;
+        log.volatile = true;
+        Ok(log)
     }
 
     /// Records that a publish of segment `target` lost its message (acked, purged, deleted).
@@ -774,6 +794,28 @@ impl Log {
         };
         // The fsyncs run without the writer lock: appends continue meanwhile (group commit).
         let mut result = Ok(());
+        if self.volatile {
+            // Spilled bodies need no durability: writing them is enough to drop them from memory.
+            for tail in &mut sealed {
+                if let Err(error) = tail.write() {
+                    result = Err(StoreError::io(segment_name(tail.number))(error));
+                }
+            }
+            let mut writer = self.writer.lock();
+            let failed = result.is_err();
+            if writer.current.number == number {
+                writer.current.synced(len);
+            }
+            if failed {
+                writer.sealed.append(&mut sealed);
+            }
+            writer.sealed.retain(|tail| tail.written < tail.bytes.len());
+            drop(writer);
+            return result.map(|()| Lsn(target)).map_err(|error| SyncFailed {
+                upto: Lsn(target),
+                error,
+            });
+        }
         if dir_dirty {
             result = self
                 .backend
@@ -898,10 +940,13 @@ impl Log {
             self.writer.lock().segments.remove(&number);
             self.readers.lock().remove(&number);
             let name = segment_name(number);
-            let removed = self
-                .backend
-                .remove(&name)
-                .and_then(|()| self.backend.sync_dir());
+            let removed = self.backend.remove(&name).and_then(|()| {
+                if self.volatile {
+                    Ok(())
+                } else {
+                    self.backend.sync_dir()
+                }
+            });
             match removed {
                 Ok(()) => tracing::debug!(file = %name, "log segment reclaimed"),
                 Err(error) => tracing::warn!(%error, file = %name, "cannot remove a log segment"),
@@ -1076,6 +1121,9 @@ fn encode_publish(
     }
     if delivered {
         flags |= FLAG_DELIVERED;
+    }
+    if !message.persistent {
+        flags |= FLAG_TRANSIENT;
     }
     buf.push(flags);
     buf.push(message.priority.unwrap_or(0));

@@ -73,6 +73,11 @@
 //!    [`SyncFailed::upto`]; later syncs work again once the disk does.
 //! 5. On shutdown, after the last queue operation: [`Store::close`], so the next start knows which
 //!    messages were never delivered.
+//! 6. Memory: create transient queues with [`Store::transient_queue`] (not [`Queue::new`]) when a
+//!    store exists, so they can page out too. When the broker's memory is over budget, call
+//!    [`Queue::page_out`] on the longest queues (keeping a window of a few thousand messages at
+//!    the head) and [`Queue::page_in`] on that window as consumers drain it; both may wait for the
+//!    disk, so run them off the async workers.
 //!
 //! ```
 //! use std::sync::Arc;

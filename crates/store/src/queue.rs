@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use crate::journal::{Journal, Recovered};
+use crate::journal::{Journal, Log, Recovered};
 use crate::message::Message;
 
 /// A position in the durable log. A push or ack that returned an `Lsn` is on stable storage once
@@ -79,6 +79,11 @@ struct Ready {
     lsn: u64,
     /// Length of that record, to read it back.
     record_len: u32,
+    /// End of its record in the spill log when its body was spilled there (a message without a
+    /// durable record); 0 otherwise.
+    spill_lsn: u64,
+    /// Length of that record.
+    spill_len: u32,
 }
 
 /// A hasher for offsets: they are already well spread (consecutive integers), so one multiply is
@@ -128,6 +133,8 @@ pub struct Queue {
     journal: Option<Journal>,
     /// How many entries of `fresh` are paged out.
     paged: usize,
+    /// Where bodies without a durable record go under memory pressure; `None` without a store.
+    spill: Option<Arc<Log>>,
 }
 
 impl Queue {
@@ -143,11 +150,9 @@ impl Queue {
         recovered: Vec<Recovered>,
         next_offset: u64,
     ) -> Queue {
-        let mut queue = Queue {
-            journal: Some(journal),
-            next_offset,
-            ..Queue::default()
-        };
+        let mut queue = Queue::default();
+        queue.journal = Some(journal);
+        queue.next_offset = next_offset;
         for recovered in recovered {
             queue.ready_bytes += recovered.body_len;
             queue.next_offset = queue.next_offset.max(recovered.offset + 1);
@@ -161,6 +166,8 @@ impl Queue {
                 redelivered: recovered.redelivered,
                 lsn: recovered.lsn,
                 record_len: recovered.record_len,
+                spill_lsn: 0,
+                spill_len: 0,
             });
         }
         queue
@@ -168,6 +175,7 @@ impl Queue {
 
     /// Takes the journal out (queue deletion): every logged message stops counting in the log.
     pub(crate) fn detach(&mut self) -> Option<Journal> {
+        self.release_spilled();
         let journal = self.journal.take()?;
         let lsns = self
             .requeued
@@ -209,6 +217,8 @@ impl Queue {
             redelivered: false,
             lsn: lsn.map_or(0, |lsn| lsn.0),
             record_len,
+            spill_lsn: 0,
+            spill_len: 0,
         });
         Pushed { offset, lsn }
     }
@@ -309,6 +319,7 @@ impl Queue {
     /// Drops every ready message (`queue.purge`); unacked ones stay. Returns how many were dropped.
     pub fn purge(&mut self) -> u64 {
         let count = self.ready_count();
+        self.release_spilled();
         let requeued = std::mem::take(&mut self.requeued);
         let fresh = std::mem::take(&mut self.fresh);
         self.paged = 0;
@@ -376,27 +387,62 @@ impl Queue {
         self.paged
     }
 
-    /// Drops from memory the bodies of ready messages past the first `keep_resident`, when the
-    /// log already holds them durably and no other queue shares them (transient messages, and
-    /// messages of transient queues, stay in memory). They are read back when they reach the
-    /// front. Returns the bytes of memory released. The broker calls it on its longest queues
-    /// when over its memory budget. O(length of the queue).
+    /// Drops from memory the bodies of ready messages past the first `keep_resident` that no
+    /// other queue shares. A body the durable log already holds (persistent, synced) is simply
+    /// dropped; any other goes to the store's spill log (written, never synced, wiped at start),
+    /// if the queue came from a [`crate::Store`]. They are read back when they reach the front.
+    /// Returns the bytes of memory released. The broker calls it on its longest queues when over
+    /// its memory budget. O(length of the queue).
     pub fn page_out(&mut self, keep_resident: usize) -> usize {
-        let Some(journal) = &self.journal else {
-            return 0;
-        };
-        let synced = journal.synced();
+        let synced = self.journal.as_ref().map_or(0, Journal::synced);
         let mut released = 0;
-        for ready in self.fresh.iter_mut().skip(keep_resident) {
-            if ready.lsn == 0 || ready.lsn > synced {
+        let mut spilled = Vec::new();
+        for (index, ready) in self.fresh.iter_mut().enumerate().skip(keep_resident) {
+            let Some(message) = &ready.message else {
+                continue;
+            };
+            if Arc::strong_count(message) != 1 {
                 continue;
             }
-            if let Some(message) = &ready.message
-                && Arc::strong_count(message) == 1
-            {
+            if ready.lsn != 0 && ready.lsn <= synced {
                 released += message.memory_size();
                 ready.message = None;
                 self.paged += 1;
+            } else if ready.lsn == 0
+                && let Some(spill) = &self.spill
+            {
+                let (lsn, len) = spill.publish(0, ready.offset, message, ready.redelivered);
+                ready.spill_lsn = lsn.0;
+                ready.spill_len = len;
+                spilled.push(index);
+            }
+        }
+        let Some(spill) = &self.spill else {
+            return released;
+        };
+        if spilled.is_empty() {
+            return released;
+        }
+        match spill.sync() {
+            Ok(_) => {
+                for index in spilled {
+                    if let Some(ready) = self.fresh.get_mut(index)
+                        && let Some(message) = ready.message.take()
+                    {
+                        released += message.memory_size();
+                        self.paged += 1;
+                    }
+                }
+            }
+            Err(failed) => {
+                // Keep them in memory; the spill records are dead.
+                tracing::warn!(error = %failed.error, "cannot spill message bodies to disk");
+                for index in spilled {
+                    if let Some(ready) = self.fresh.get_mut(index) {
+                        spill.forget(ready.spill_lsn);
+                        ready.spill_lsn = 0;
+                    }
+                }
             }
         }
         released
@@ -407,20 +453,22 @@ impl Queue {
     /// Returns how many were loaded. A record that cannot be read stays paged: the delivery
     /// reports it.
     pub fn page_in(&mut self, count: usize) -> usize {
-        let Some(journal) = &self.journal else {
-            return 0;
-        };
         if self.paged == 0 {
             return 0;
         }
         let mut loaded = 0;
-        for ready in self.fresh.iter_mut().take(count) {
+        for index in 0..count.min(self.fresh.len()) {
+            let Some(ready) = self.fresh.get(index) else {
+                break;
+            };
             if ready.message.is_some() {
                 continue;
             }
-            match journal.read(ready.lsn, ready.record_len) {
+            match self.read_back(index) {
                 Ok(message) => {
-                    ready.message = Some(Arc::new(message));
+                    if let Some(ready) = self.fresh.get_mut(index) {
+                        ready.message = Some(message);
+                    }
                     self.paged -= 1;
                     loaded += 1;
                 }
@@ -428,6 +476,62 @@ impl Queue {
             }
         }
         loaded
+    }
+
+    /// Reads back the body of `fresh[index]` (paged out), from the spill log or the durable log.
+    fn read_back(&mut self, index: usize) -> Result<Arc<Message>, crate::StoreError> {
+        let ready = self
+            .fresh
+            .get(index)
+            .cloned()
+            .ok_or(crate::StoreError::Corrupt {
+                file: "queue".to_owned(),
+                offset: index as u64,
+                reason: "no such entry".to_owned(),
+            })?;
+        let message = self.read_ready(&ready)?;
+        if let Some(ready) = self.fresh.get_mut(index) {
+            ready.spill_lsn = 0;
+        }
+        Ok(message)
+    }
+
+    /// Reads a paged-out body; a spilled one's spill record is released.
+    fn read_ready(&self, ready: &Ready) -> Result<Arc<Message>, crate::StoreError> {
+        if ready.spill_lsn != 0 {
+            let spill = self.spill.as_ref().ok_or(crate::StoreError::Corrupt {
+                file: "spill".to_owned(),
+                offset: ready.spill_lsn,
+                reason: "spilled without a spill log".to_owned(),
+            })?;
+            let read = spill.read_publish(ready.spill_lsn, ready.spill_len);
+            spill.forget(ready.spill_lsn);
+            return read.map(Arc::new);
+        }
+        let journal = self.journal.as_ref().ok_or(crate::StoreError::Corrupt {
+            file: "log".to_owned(),
+            offset: ready.lsn,
+            reason: "paged out without a log".to_owned(),
+        })?;
+        journal.read(ready.lsn, ready.record_len).map(Arc::new)
+    }
+
+    /// Forgets every spilled body (purge, delete): their spill records are dead.
+    fn release_spilled(&mut self) {
+        if let Some(spill) = &self.spill {
+            for ready in &mut self.fresh {
+                if ready.spill_lsn != 0 {
+                    spill.forget(ready.spill_lsn);
+                    ready.spill_lsn = 0;
+                }
+            }
+        }
+    }
+
+    /// Gives the queue a spill log for bodies under memory pressure.
+    pub(crate) fn with_spill(mut self, spill: Arc<Log>) -> Queue {
+        self.spill = Some(spill);
+        self
     }
 
     fn take_first_ready(&mut self) -> Option<Entry> {
@@ -442,18 +546,16 @@ impl Queue {
                 Some(message) => message,
                 None => {
                     self.paged -= 1;
-                    let read = match &self.journal {
-                        Some(journal) => journal.read(ready.lsn, ready.record_len),
-                        None => continue,
-                    };
-                    match read {
-                        Ok(message) => Arc::new(message),
+                    match self.read_ready(&ready) {
+                        Ok(message) => message,
                         Err(error) => {
                             // The disk lost it: say so, and drop it for good rather than
                             // failing every delivery after it.
                             tracing::error!(%error, offset = ready.offset,
                                 "a paged-out message cannot be read back and is dropped");
-                            if let Some(journal) = &self.journal {
+                            if let Some(journal) = &self.journal
+                                && ready.lsn != 0
+                            {
                                 journal.ack(ready.offset, ready.lsn);
                             }
                             continue;
@@ -468,6 +570,14 @@ impl Queue {
                 lsn: ready.lsn,
             });
         }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // Spilled bodies die with their queue. (Logged ones do not: a durable queue dropped at
+        // shutdown keeps its messages; deleting it goes through `Store::delete_queue`.)
+        self.release_spilled();
     }
 }
 

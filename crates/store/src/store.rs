@@ -9,7 +9,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use warren_codec::ShortString;
 
-use crate::backend::{Backend, FileBackend};
+use crate::backend::{Backend, FileBackend, Prefixed};
 use crate::definitions::{BindingDef, DEFINITIONS_FILE, Definitions, ExchangeDef, QueueDef};
 use crate::error::StoreError;
 use crate::journal::{FORMAT_VERSION, Journal, Log, StoreOptions, SyncFailed};
@@ -23,6 +23,8 @@ const CLEAN_FILE: &str = "clean-shutdown";
 /// The highest log segment written before the last unclean stop: its messages, and those of
 /// older segments, may have been delivered, so they are recovered flagged redelivered.
 const SUSPECT_FILE: &str = "redelivered-upto";
+/// Names of the spill log's segments start with this.
+const SPILL_PREFIX: &str = "spill-";
 
 /// What [`Store::open`] restored.
 #[derive(Debug)]
@@ -58,6 +60,8 @@ pub struct RecoveryReport {
 pub struct Store {
     backend: Arc<dyn Backend>,
     log: Arc<Log>,
+    /// Bodies without a durable record, paged out under memory pressure (`spill-*` files).
+    spill: Arc<Log>,
     definitions: Mutex<Definitions>,
 }
 
@@ -97,6 +101,13 @@ impl Store {
             write_suspect(&*backend, recovered.suspect_upto)?;
         }
         let log = Arc::new(log);
+        let spill = Arc::new(Log::open_spill(
+            Arc::new(Prefixed {
+                inner: Arc::clone(&backend),
+                prefix: SPILL_PREFIX,
+            }),
+            options,
+        )?);
 
         let mut report = RecoveryReport {
             clean_shutdown: clean,
@@ -112,7 +123,7 @@ impl Store {
             let journal = Journal::new(Arc::clone(&log), *id);
             queues.push((
                 def.clone(),
-                Queue::with_journal(journal, messages, next_offset),
+                Queue::with_journal(journal, messages, next_offset).with_spill(Arc::clone(&spill)),
             ));
         }
         let recovery = Recovery {
@@ -130,6 +141,7 @@ impl Store {
         let store = Store {
             backend,
             log,
+            spill,
             definitions: Mutex::new(definitions),
         };
         Ok((store, recovery))
@@ -140,11 +152,17 @@ impl Store {
     /// for the same name replaces the first (whose logged messages are then dead).
     pub fn declare_queue(&self, def: &QueueDef) -> Result<Queue, StoreError> {
         let id = self.definitions.lock().put_queue(def)?;
-        Ok(Queue::with_journal(
-            Journal::new(Arc::clone(&self.log), id),
-            Vec::new(),
-            0,
-        ))
+        Ok(
+            Queue::with_journal(Journal::new(Arc::clone(&self.log), id), Vec::new(), 0)
+                .with_spill(Arc::clone(&self.spill)),
+        )
+    }
+
+    /// A transient queue that can page bodies out to this store's spill log under memory
+    /// pressure ([`Queue::page_out`]); otherwise the same as [`Queue::new`]. Nothing of it
+    /// survives a restart.
+    pub fn transient_queue(&self) -> Queue {
+        Queue::new().with_spill(Arc::clone(&self.spill))
     }
 
     /// Deletes a durable queue: its definition (and bindings to it) are removed, synced, and its
@@ -189,13 +207,26 @@ impl Store {
     /// [`crate::Pushed::lsn`] up to it may be confirmed. On `Err`, confirms waiting on an `Lsn` up
     /// to [`SyncFailed::upto`] must be nacked.
     pub fn sync(&self) -> Result<Lsn, SyncFailed> {
+        self.reclaim_spill();
         self.log.sync()
+    }
+
+    /// Deletes spill segments whose bodies were all read back or dropped.
+    fn reclaim_spill(&self) {
+        if let Err(failed) = self.spill.sync() {
+            tracing::warn!(error = %failed.error, "cannot write the spill log");
+        }
     }
 
     /// Waits up to `timeout` for records to be appended, then syncs them all; `Ok(None)` if none
     /// came. A dedicated thread loops on this and wakes the channels waiting for confirms.
     pub fn wait_and_sync(&self, timeout: Duration) -> Result<Option<Lsn>, SyncFailed> {
-        self.log.wait_and_sync(timeout)
+        let synced = self.log.wait_and_sync(timeout)?;
+        if synced.is_none() {
+            // Idle: a good moment to drop spill segments nobody needs.
+            self.reclaim_spill();
+        }
+        Ok(synced)
     }
 
     /// Everything up to this `Lsn` is on stable storage.

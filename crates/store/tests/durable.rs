@@ -612,3 +612,89 @@ fn recovery_leaves_bodies_past_the_limit_on_disk() {
     store.sync().unwrap();
     assert!(store.segment_count() <= 2, "{}", store.segment_count());
 }
+
+fn spill_files(backend: &MemBackend) -> usize {
+    use warren_store::Backend;
+    backend
+        .list()
+        .unwrap()
+        .iter()
+        .filter(|name| name.starts_with("spill-"))
+        .count()
+}
+
+#[test]
+fn transient_bodies_spill_to_disk_and_come_back_in_order() {
+    let backend = MemBackend::new();
+    let (store, _) = open(&backend);
+    let mut queue = store.transient_queue();
+    assert!(!queue.is_durable());
+    let all: Vec<String> = (0..100)
+        .map(|n| format!("{n}-{}", "t".repeat(200)))
+        .collect();
+    for (n, body) in all.iter().enumerate() {
+        // Persistent messages on a transient queue are not logged; they spill like the rest.
+        assert_eq!(queue.push(message(body, n.is_multiple_of(2))).lsn, None);
+    }
+    let released = queue.page_out(10);
+    assert!(released > 90 * 200, "{released}");
+    assert_eq!(queue.paged_count(), 90);
+    assert!(spill_files(&backend) > 3, "{}", spill_files(&backend));
+    assert_eq!(queue.page_in(15), 5);
+
+    let mut got = Vec::new();
+    while let Some(delivery) = queue.pop() {
+        let body = String::from_utf8(delivery.message.body.to_vec()).unwrap();
+        let n: usize = body.split('-').next().unwrap().parse().unwrap();
+        assert_eq!(delivery.message.persistent, n.is_multiple_of(2), "{n}");
+        assert!(!delivery.redelivered);
+        queue.ack(delivery.offset).unwrap();
+        got.push(body);
+    }
+    assert_eq!(got, all);
+    assert_eq!(queue.paged_count(), 0);
+    store.sync().unwrap();
+    assert_eq!(
+        spill_files(&backend),
+        1,
+        "only the current spill segment is left"
+    );
+}
+
+#[test]
+fn spilled_bodies_die_with_their_queue_and_with_the_process() {
+    let backend = MemBackend::new();
+    let (store, _) = open(&backend);
+    let mut transient = store.transient_queue();
+    let mut durable = store.declare_queue(&queue_def("q")).unwrap();
+    for n in 0..40u32 {
+        transient.push(message(&format!("t{n}-{}", "s".repeat(300)), false));
+        durable.push(message(
+            &format!("d{n}-{}", "s".repeat(300)),
+            n.is_multiple_of(2),
+        ));
+    }
+    store.sync().unwrap();
+    transient.page_out(0);
+    // Persistent ones are paged to the log, transient ones spilled.
+    durable.page_out(0);
+    assert_eq!(durable.paged_count(), 40);
+    let spilled = spill_files(&backend);
+    assert!(spilled > 5, "{spilled}");
+    drop(transient);
+    store.sync().unwrap();
+    assert!(spill_files(&backend) < spilled);
+
+    backend.crash(CrashMode::KeepWrites);
+    let (_store, mut recovery) = open(&backend);
+    assert_eq!(spill_files(&backend), 1, "spill files are wiped at start");
+    let popped = drain(&mut take_queue(&mut recovery, "q"));
+    let expected: Vec<String> = (0..40)
+        .step_by(2)
+        .map(|n| format!("d{n}-{}", "s".repeat(300)))
+        .collect();
+    assert_eq!(
+        bodies(&popped),
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}
