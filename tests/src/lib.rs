@@ -293,3 +293,70 @@ impl RawClient {
         self.expect_method(20, 11).await;
     }
 }
+
+impl RawClient {
+    /// Declares a non-durable queue on channel `n` and waits for declare-ok.
+    pub async fn declare_queue(&mut self, n: u16, name: &str) {
+        let args = [vec![0, 0], shortstr(name), vec![0], vec![0, 0, 0, 0]].concat();
+        self.send(&frame(1, n, &method(50, 10, &args))).await;
+        self.expect_method(50, 11).await;
+    }
+
+    /// Publishes `body` with raw property bytes (flags + list; `[0, 0]` for none).
+    pub async fn publish(
+        &mut self,
+        n: u16,
+        exchange: &str,
+        key: &str,
+        properties: &[u8],
+        body: &[u8],
+    ) {
+        let args = [vec![0, 0], shortstr(exchange), shortstr(key), vec![0]].concat();
+        let mut out = frame(1, n, &method(60, 40, &args));
+        let mut header = Vec::new();
+        header.extend_from_slice(&60u16.to_be_bytes());
+        header.extend_from_slice(&0u16.to_be_bytes());
+        header.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        header.extend_from_slice(properties);
+        out.extend(frame(2, n, &header));
+        if !body.is_empty() {
+            out.extend(frame(3, n, body));
+        }
+        self.send(&out).await;
+    }
+
+    /// `basic.get` with acks; returns the delivery tag of get-ok (skipping its content frames).
+    pub async fn get(&mut self, n: u16, queue: &str) -> u64 {
+        let args = [vec![0, 0], shortstr(queue), vec![0]].concat();
+        self.send(&frame(1, n, &method(60, 70, &args))).await;
+        let ok = self.expect_method(60, 71).await;
+        let tag = u64::from_be_bytes(ok.payload[4..12].try_into().unwrap());
+        let header = self.read_frame().await.unwrap();
+        let size = u64::from_be_bytes(header.payload[4..12].try_into().unwrap());
+        let mut got = 0;
+        while got < size {
+            got += self.read_frame().await.unwrap().payload.len() as u64;
+        }
+        tag
+    }
+
+    /// Sends `basic.ack`.
+    pub async fn ack(&mut self, n: u16, tag: u64, multiple: bool) {
+        let args = [tag.to_be_bytes().to_vec(), vec![u8::from(multiple)]].concat();
+        self.send(&frame(1, n, &method(60, 80, &args))).await;
+    }
+
+    /// Waits for `channel.close` on channel `n` and returns its code and text.
+    pub async fn expect_channel_close(&mut self, n: u16) -> (u16, String) {
+        let close = self.expect_method(20, 40).await;
+        assert_eq!(close.channel, n);
+        close.close_reply().unwrap()
+    }
+}
+
+/// Raw property bytes with only `reply_to` set.
+pub fn reply_to_properties(reply_to: &str) -> Vec<u8> {
+    // reply-to is the 7th property: flag bit 15 - 6 = 9.
+    let flags: u16 = 1 << 9;
+    [flags.to_be_bytes().to_vec(), shortstr(reply_to)].concat()
+}

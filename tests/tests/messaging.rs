@@ -8,7 +8,7 @@ use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
-use warren_tests::{TestBroker, amqp_error, within};
+use warren_tests::{RawClient, TestBroker, amqp_error, within};
 
 async fn declare(channel: &lapin::Channel) -> String {
     channel
@@ -258,53 +258,32 @@ async fn nack_with_requeue_keeps_the_place_and_sets_redelivered() {
 #[tokio::test]
 async fn unknown_delivery_tag_closes_the_channel_with_406() {
     let broker = TestBroker::start().await;
-    let (_conn, channel) = broker.channel().await;
-    channel
-        .basic_ack(42, BasicAckOptions::default())
-        .await
-        .unwrap();
-    let err = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let mut raw = RawClient::handshake(broker.addr(), 2047, 131072, 0).await;
+    raw.open_channel(1).await;
+    raw.ack(1, 42, false).await;
     assert_eq!(
-        amqp_error(&err),
-        Some((406, "PRECONDITION_FAILED - unknown delivery tag 42".into()))
+        raw.expect_channel_close(1).await,
+        (406, "PRECONDITION_FAILED - unknown delivery tag 42".into())
     );
 }
 
 #[tokio::test]
 async fn double_ack_is_406() {
     let broker = TestBroker::start().await;
-    let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
-    publish(&channel, &queue, b"x").await;
-    let got = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions::default())
-        .await
-        .unwrap()
-        .unwrap();
-    channel
-        .basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
-        .await
-        .unwrap();
-    channel
-        .basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
-        .await
-        .unwrap();
-    let err = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
+    let mut raw = RawClient::handshake(broker.addr(), 2047, 131072, 0).await;
+    raw.open_channel(1).await;
+    raw.declare_queue(1, "double").await;
+    raw.publish(1, "", "double", &[0, 0], b"x").await;
+    let tag = raw.get(1, "double").await;
+    raw.ack(1, tag, false).await;
+    raw.ack(1, tag, false).await;
+    assert_eq!(
+        raw.expect_channel_close(1).await,
+        (
+            406,
+            format!("PRECONDITION_FAILED - unknown delivery tag {tag}")
         )
-        .await
-        .unwrap_err();
-    assert_eq!(amqp_error(&err).map(|e| e.0), Some(406));
+    );
 }
 
 #[tokio::test]
@@ -454,16 +433,26 @@ async fn global_prefetch_is_shared_by_the_channels_consumers() {
         )
         .await
         .unwrap();
+    // Three deliveries come (from either queue), then nothing while they stay unacked.
     let mut n = 0;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
-    loop {
+    while n < 3 {
         tokio::select! {
             Some(_) = c1.next() => n += 1,
             Some(_) = c2.next() => n += 1,
-            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => panic!("only {n} deliveries"),
         }
     }
-    assert_eq!(n, 3, "the channel-wide limit caps both consumers together");
+    let more = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        tokio::select! {
+            Some(_) = c1.next() => {},
+            Some(_) = c2.next() => {},
+        }
+    })
+    .await;
+    assert!(
+        more.is_err(),
+        "the channel-wide limit caps both consumers together"
+    );
 }
 
 #[tokio::test]
@@ -832,4 +821,258 @@ async fn channel_flow_pauses_deliveries() {
         within(5, consumer.next()).await.unwrap().unwrap().data,
         b"held"
     );
+}
+
+#[tokio::test]
+async fn direct_reply_to_routes_replies_to_the_requesting_channel() {
+    let broker = TestBroker::start().await;
+    let (_client_conn, client) = broker.channel().await;
+    let (_server_conn, server) = broker.channel().await;
+    server
+        .queue_declare(
+            "rpc".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut replies = client
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "replies".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    client
+        .basic_publish(
+            "".into(),
+            "rpc".into(),
+            BasicPublishOptions::default(),
+            b"ping",
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await
+        .unwrap();
+    let request = within(5, async {
+        loop {
+            if let Some(m) = server
+                .basic_get("rpc".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let reply_to = request.delivery.properties.reply_to().clone().unwrap();
+    assert!(
+        reply_to.as_str().starts_with("amq.rabbitmq.reply-to."),
+        "{reply_to}"
+    );
+    server
+        .basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions::default(),
+            b"pong",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    let reply = within(5, replies.next()).await.unwrap().unwrap();
+    assert_eq!(reply.data, b"pong");
+}
+
+#[tokio::test]
+async fn reply_to_without_a_reply_consumer_is_406() {
+    let broker = TestBroker::start().await;
+    let mut raw = RawClient::handshake(broker.addr(), 2047, 131072, 0).await;
+    raw.open_channel(1).await;
+    let props = warren_tests::reply_to_properties("amq.rabbitmq.reply-to");
+    raw.publish(1, "", "anything", &props, b"x").await;
+    assert_eq!(
+        raw.expect_channel_close(1).await,
+        (
+            406,
+            "PRECONDITION_FAILED - fast reply consumer does not exist".into()
+        )
+    );
+}
+
+#[tokio::test]
+async fn user_id_other_than_the_login_is_406() {
+    let broker = TestBroker::start().await;
+    let mut raw = RawClient::handshake(broker.addr(), 2047, 131072, 0).await;
+    raw.open_channel(1).await;
+    // user-id is the 12th property: flag bit 15 - 11 = 4.
+    let props = [
+        (1u16 << 4).to_be_bytes().to_vec(),
+        warren_tests::shortstr("someone-else"),
+    ]
+    .concat();
+    raw.publish(1, "", "anything", &props, b"x").await;
+    assert_eq!(
+        raw.expect_channel_close(1).await,
+        (
+            406,
+            "PRECONDITION_FAILED - user_id property set to 'someone-else' but authenticated user was 'guest'".into()
+        )
+    );
+    // The right user-id is accepted.
+    raw.open_channel(2).await;
+    raw.declare_queue(2, "uid").await;
+    let props = [
+        (1u16 << 4).to_be_bytes().to_vec(),
+        warren_tests::shortstr("guest"),
+    ]
+    .concat();
+    raw.publish(2, "", "uid", &props, b"x").await;
+    raw.get(2, "uid").await;
+}
+
+#[tokio::test]
+async fn higher_priority_consumers_are_served_first_while_they_have_credit() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    let queue = declare(&channel).await;
+    channel
+        .basic_qos(1, BasicQosOptions { global: false })
+        .await
+        .unwrap();
+    let mut low = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "low".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-priority".into(), lapin::types::AMQPValue::LongInt(10));
+    let mut high = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "high".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    for i in 0..3u8 {
+        publish(&channel, &queue, &[i]).await;
+    }
+    let first = within(5, high.next()).await.unwrap().unwrap();
+    assert_eq!(
+        first.data,
+        [0],
+        "the high-priority consumer gets the first message"
+    );
+    let second = within(5, low.next()).await.unwrap().unwrap();
+    assert_eq!(
+        second.data,
+        [1],
+        "the low one only while the high one has no credit"
+    );
+    first.ack(BasicAckOptions::default()).await.unwrap();
+    let third = within(5, high.next()).await.unwrap().unwrap();
+    assert_eq!(third.data, [2]);
+}
+
+async fn declare_with(
+    channel: &lapin::Channel,
+    name: &str,
+    args: &[(&str, lapin::types::AMQPValue)],
+) {
+    let mut table = FieldTable::default();
+    for (key, value) in args {
+        table.insert((*key).into(), value.clone());
+    }
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            table,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn max_length_drops_the_oldest_messages() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    declare_with(
+        &channel,
+        "bounded",
+        &[("x-max-length", lapin::types::AMQPValue::LongInt(2))],
+    )
+    .await;
+    for body in [&b"1"[..], b"2", b"3"] {
+        publish(&channel, "bounded", body).await;
+    }
+    let first = channel
+        .basic_get("bounded".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.delivery.data, b"2");
+    assert_eq!(first.message_count, 1);
+}
+
+#[tokio::test]
+async fn reject_publish_overflow_nacks_the_confirm() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    declare_with(
+        &channel,
+        "full",
+        &[
+            ("x-max-length", lapin::types::AMQPValue::LongInt(1)),
+            (
+                "x-overflow",
+                lapin::types::AMQPValue::LongString("reject-publish".into()),
+            ),
+        ],
+    )
+    .await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for body in [&b"kept"[..], b"refused"] {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                "full".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        outcomes.push(within(5, confirm).await.unwrap());
+    }
+    assert_eq!(
+        outcomes,
+        vec![Confirmation::Ack(None), Confirmation::Nack(None)]
+    );
+    let got = channel
+        .basic_get("full".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.delivery.data, b"kept");
+    assert_eq!(got.message_count, 0);
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use crate::route::RouteBuf;
 
@@ -54,18 +55,22 @@ struct Entry<Q> {
 const INDEX_FROM: usize = 16;
 
 /// A set of destinations, unique by [`DestKey`], stored as a vector so that routing iterates
-/// contiguous memory and clones handles without hashing.
+/// contiguous memory and clones handles without hashing. The first entry is stored inline:
+/// most binding keys have one destination, and routing then skips a pointer chase.
 #[derive(Debug)]
 pub(crate) struct DestSet<Q> {
-    entries: Vec<Entry<Q>>,
-    index: HashMap<DestKey, u32, foldhash::fast::RandomState>,
+    entries: SmallVec<[Entry<Q>; 1]>,
+    /// Positions by key, only when there are `INDEX_FROM` entries or more; boxed so the
+    /// common small set pays one pointer for it.
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<DestKey, u32, foldhash::fast::RandomState>>>,
 }
 
 impl<Q> Default for DestSet<Q> {
     fn default() -> Self {
         DestSet {
-            entries: Vec::new(),
-            index: HashMap::default(),
+            entries: SmallVec::new(),
+            index: None,
         }
     }
 }
@@ -76,8 +81,8 @@ impl<Q: Clone> DestSet<Q> {
     }
 
     fn position(&self, key: &DestKey) -> Option<usize> {
-        if self.entries.len() >= INDEX_FROM {
-            self.index.get(key).map(|&pos| pos as usize)
+        if let Some(index) = &self.index {
+            index.get(key).map(|&pos| pos as usize)
         } else {
             self.entries
                 .iter()
@@ -95,15 +100,17 @@ impl<Q: Clone> DestSet<Q> {
             return;
         }
         self.entries.push(Entry { target, refs: 1 });
-        if self.entries.len() == INDEX_FROM {
-            self.index = self
-                .entries
-                .iter()
-                .enumerate()
-                .map(|(pos, entry)| (entry.target.key(), pos as u32))
-                .collect();
-        } else if self.entries.len() > INDEX_FROM {
-            self.index.insert(key, (self.entries.len() - 1) as u32);
+        let position = (self.entries.len() - 1) as u32;
+        if let Some(index) = &mut self.index {
+            index.insert(key, position);
+        } else if self.entries.len() >= INDEX_FROM {
+            self.index = Some(Box::new(
+                self.entries
+                    .iter()
+                    .enumerate()
+                    .map(|(pos, entry)| (entry.target.key(), pos as u32))
+                    .collect(),
+            ));
         }
     }
 
@@ -119,15 +126,18 @@ impl<Q: Clone> DestSet<Q> {
         if entry.refs > 0 {
             return true;
         }
-        let indexed = self.entries.len() >= INDEX_FROM;
         self.entries.swap_remove(pos);
-        if indexed {
-            self.index.remove(key);
-            if self.entries.len() < INDEX_FROM {
-                self.index = HashMap::default();
+        if let Some(index) = &mut self.index {
+            index.remove(key);
+            if self.entries.len() < INDEX_FROM / 2 {
+                // Hysteresis: a set hovering around the threshold does not rebuild each time.
+                self.index = None;
             } else if let Some(moved) = self.entries.get(pos) {
-                self.index.insert(moved.target.key(), pos as u32);
+                index.insert(moved.target.key(), pos as u32);
             }
+        }
+        if self.entries.is_empty() && self.entries.spilled() {
+            self.entries = SmallVec::new();
         }
         true
     }

@@ -50,6 +50,45 @@ pub enum RouterError {
 }
 
 impl RouterError {
+    /// 404 with RabbitMQ's text, e.g. for a publish to a missing exchange
+    /// ([`crate::RouteOutcome::ExchangeNotFound`]).
+    pub fn exchange_not_found(vhost: &str, name: &[u8]) -> RouterError {
+        RouterError::ExchangeNotFound {
+            text: format!(
+                "no exchange '{}' in vhost '{vhost}'",
+                String::from_utf8_lossy(name)
+            ),
+        }
+    }
+
+    /// 404 with RabbitMQ's text for a missing queue.
+    pub fn queue_not_found(vhost: &str, name: &[u8]) -> RouterError {
+        RouterError::QueueNotFound {
+            text: format!(
+                "no queue '{}' in vhost '{vhost}'",
+                String::from_utf8_lossy(name)
+            ),
+        }
+    }
+
+    /// 403 with RabbitMQ's text for any declare, bind, unbind or delete naming `""`.
+    pub fn default_exchange_refused() -> RouterError {
+        RouterError::AccessRefused {
+            text: "operation not permitted on the default exchange".to_string(),
+        }
+    }
+
+    /// 403 with RabbitMQ's text for a publish to an internal exchange
+    /// ([`crate::RouteOutcome::InternalExchange`]).
+    pub fn internal_exchange(vhost: &str, name: &[u8]) -> RouterError {
+        RouterError::AccessRefused {
+            text: format!(
+                "cannot publish to internal exchange '{}' in vhost '{vhost}'",
+                String::from_utf8_lossy(name)
+            ),
+        }
+    }
+
     /// The AMQP reply code this error maps to (see [`reply_code`]).
     pub fn reply_code(&self) -> u16 {
         match self {

@@ -26,14 +26,18 @@ pub enum RouteOutcome {
     Unroutable,
     /// No exchange by that name: the server closes the channel with 404 NOT_FOUND.
     ExchangeNotFound,
-    /// The exchange is internal: the server closes the channel with 403 ACCESS_REFUSED
-    /// (`cannot publish to internal exchange`). Nothing was routed.
+    /// The exchange is internal: the server closes the channel with 403 ACCESS_REFUSED,
+    /// `cannot publish to internal exchange 'x' in vhost '/'`. Nothing was routed.
     InternalExchange,
 }
 
 /// Output and scratch space for [`crate::Topology::route`]. Keep one per channel (or per
 /// connection task) and pass it to every route call: after the first few messages routing
 /// allocates nothing, because every vector and table here is cleared, not dropped.
+///
+/// The handles of the last message stay in the buffer until the next route call; take them
+/// with [`RouteBuf::drain`] (or call [`RouteBuf::clear`]) once delivered, so that a deleted
+/// queue is not kept alive by an idle channel's buffer.
 #[derive(Debug)]
 pub struct RouteBuf<Q> {
     /// The matched queues' handles, each queue once, in the order first reached.
@@ -54,8 +58,8 @@ pub struct RouteBuf<Q> {
     visited_set: FastSet<usize>,
     /// Word boundaries of the routing key being matched against a topic trie.
     pub(crate) words: Vec<(u32, u32)>,
-    /// Pending topic-trie states (node, word index, memoize?).
-    pub(crate) stack: Vec<(u32, u32, bool)>,
+    /// Pending topic-trie states (node, word index, `#` nodes on the path up to 2).
+    pub(crate) stack: Vec<(u32, u32, u8)>,
     /// Topic-trie states already explored below a `#`; bounds the work on adversarial patterns.
     pub(crate) memo: FastSet<u64>,
     /// Indices of the message's headers sorted by name (stable), built once per message.

@@ -4,9 +4,11 @@
 //! and every other key has one more word than it has dots (so `a..b`, `.a` and `a.` contain
 //! empty words). `*` matches exactly one word and `#` zero or more, only as whole words.
 //!
-//! Matching explores states (trie node, index of the next word). Without a `#` on the path a
-//! state is reached at most once (each edge eats one word and trie paths are unique); below a
-//! `#`, the same state can be reached in many ways, so those states are memoized. The work per
+//! Matching explores states (trie node, index of the next word). With at most one `#` on the
+//! path to a node, a state is reached at most once: each other edge eats exactly one word,
+//! trie paths are unique, so the word index fixes how many words that one `#` ate. Below two
+//! or more `#`, the same state can be reached in many ways (the words can be shared out
+//! between the `#`s differently), so only those states are memoized. The work per
 //! routing key is therefore at most (nodes reachable) x (words + 1), however many `#` and `*`
 //! a pattern holds: RabbitMQ's own trie walk was exponential on such patterns. Consecutive `#`
 //! are also collapsed at bind time (`a.#.#.b` matches exactly what `a.#.b` matches).
@@ -233,15 +235,16 @@ impl<Q: Clone> TopicRoutes<Q> {
         out.clear_memo();
         let n_words = words.len() as u32;
         let mut any = false;
-        stack.push((ROOT, 0, false));
-        while let Some((id, index, below_hash)) = stack.pop() {
-            if below_hash && !out.memo.insert((u64::from(id) << 32) | u64::from(index)) {
+        // Each state carries how many `#` nodes are on its path (counting its own node),
+        // saturating at 2: from 2 on, the state is memoized.
+        stack.push((ROOT, 0, 0));
+        while let Some((id, index, hashes)) = stack.pop() {
+            if hashes >= 2 && !out.memo.insert((u64::from(id) << 32) | u64::from(index)) {
                 continue;
             }
             let Some(node) = self.node(id) else {
                 continue;
             };
-            let below_hash = below_hash || node.is_hash;
             if index == n_words {
                 any |= node.dests.collect(out);
             } else {
@@ -249,19 +252,19 @@ impl<Q: Clone> TopicRoutes<Q> {
                     .get(index as usize)
                     .and_then(|&(from, to)| key.get(from as usize..to as usize));
                 if let Some(child) = word.and_then(|word| node.words.get(word)) {
-                    stack.push((*child, index + 1, below_hash));
+                    stack.push((*child, index + 1, hashes));
                 }
                 if let Some(child) = node.star {
-                    stack.push((child, index + 1, below_hash));
+                    stack.push((child, index + 1, hashes));
                 }
                 if node.is_hash {
                     // The `#` that led here eats one more word.
-                    stack.push((id, index + 1, true));
+                    stack.push((id, index + 1, hashes));
                 }
             }
             if let Some(child) = node.hash {
                 // A `#` child matches zero words here; it eats more through its own loop.
-                stack.push((child, index, true));
+                stack.push((child, index, (hashes + 1).min(2)));
             }
         }
         out.words = words;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
 use warren_codec::{FieldTable, FieldValue, ShortString};
 
 use crate::dest::{DestKey, QueueId, Target};
@@ -120,6 +121,8 @@ pub struct Removed {
 /// A queue known to the topology: the router's id (for dedup) and the server's handle.
 #[derive(Debug)]
 struct QueueEntry<Q> {
+    /// The queue's name (the map key holds the same bytes).
+    name: ShortString,
     id: QueueId,
     handle: Q,
 }
@@ -185,17 +188,99 @@ impl<Q: Clone> Routes<Q> {
     }
 }
 
+/// A set of (source, routing key) pairs: a vector while small (most queues have a binding or
+/// two, and a hash set's smallest table is four times bigger), a hash set once large (so a
+/// queue bound 100k times still unbinds in O(1)).
+#[derive(Debug)]
+enum PairSet {
+    Small(Vec<(ShortString, ShortString)>),
+    Large(FastSet<(ShortString, ShortString)>),
+}
+
+const PAIR_SET_SMALL_MAX: usize = 8;
+
+impl Default for PairSet {
+    fn default() -> Self {
+        PairSet::Small(Vec::new())
+    }
+}
+
+impl PairSet {
+    fn insert(&mut self, pair: (ShortString, ShortString)) {
+        match self {
+            PairSet::Small(pairs) => {
+                if pairs.contains(&pair) {
+                    return;
+                }
+                if pairs.len() < PAIR_SET_SMALL_MAX {
+                    if pairs.is_empty() {
+                        pairs.reserve_exact(1);
+                    }
+                    pairs.push(pair);
+                } else {
+                    let mut set: FastSet<_> = pairs.drain(..).collect();
+                    set.insert(pair);
+                    *self = PairSet::Large(set);
+                }
+            }
+            PairSet::Large(set) => {
+                set.insert(pair);
+            }
+        }
+    }
+
+    fn remove(&mut self, pair: &(ShortString, ShortString)) {
+        match self {
+            PairSet::Small(pairs) => {
+                if let Some(pos) = pairs.iter().position(|p| p == pair) {
+                    pairs.swap_remove(pos);
+                }
+            }
+            PairSet::Large(set) => {
+                set.remove(pair);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            PairSet::Small(pairs) => pairs.is_empty(),
+            PairSet::Large(set) => set.is_empty(),
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = &(ShortString, ShortString)> + '_> {
+        match self {
+            PairSet::Small(pairs) => Box::new(pairs.iter()),
+            PairSet::Large(set) => Box::new(set.iter()),
+        }
+    }
+
+    fn into_vec(self) -> Vec<(ShortString, ShortString)> {
+        match self {
+            PairSet::Small(pairs) => pairs,
+            PairSet::Large(set) => set.into_iter().collect(),
+        }
+    }
+}
+
+/// The argument tables bound under one (source, destination, key).
+type ArgumentTables = SmallVec<[FieldTable; 1]>;
+
 /// The authoritative bindings, kept for writers and listings only.
 #[derive(Debug, Default)]
 struct Catalog {
-    /// source -> (destination, key) -> the distinct sorted argument tables bound.
-    by_source: FastMap<ShortString, FastMap<(Destination, ShortString), Vec<FieldTable>>>,
+    /// source -> (destination, key) -> the distinct sorted argument tables bound (almost
+    /// always one, kept inline).
+    by_source: FastMap<ShortString, FastMap<(Destination, ShortString), ArgumentTables>>,
     /// destination -> (source, key) pairs with at least one binding.
-    by_destination: FastMap<Destination, FastSet<(ShortString, ShortString)>>,
+    by_destination: FastMap<Destination, PairSet>,
     /// The next never-used queue id.
     next_queue_id: QueueId,
     /// Ids of removed queues, reused first so ids stay dense.
     free_queue_ids: Vec<QueueId>,
+    /// How many bindings there are (each distinct argument table counts).
+    binding_count: usize,
 }
 
 /// One vhost's exchanges, bindings and queue handles, shared by every connection of the vhost
@@ -278,29 +363,15 @@ impl<Q: Clone> Topology<Q> {
     }
 
     fn exchange_not_found(&self, name: &[u8]) -> RouterError {
-        RouterError::ExchangeNotFound {
-            text: format!(
-                "no exchange '{}' in vhost '{}'",
-                String::from_utf8_lossy(name),
-                self.vhost
-            ),
-        }
+        RouterError::exchange_not_found(&self.vhost, name)
     }
 
     fn queue_not_found(&self, name: &[u8]) -> RouterError {
-        RouterError::QueueNotFound {
-            text: format!(
-                "no queue '{}' in vhost '{}'",
-                String::from_utf8_lossy(name),
-                self.vhost
-            ),
-        }
+        RouterError::queue_not_found(&self.vhost, name)
     }
 
     fn default_exchange_refused() -> RouterError {
-        RouterError::AccessRefused {
-            text: "operation not permitted on the default exchange".to_string(),
-        }
+        RouterError::default_exchange_refused()
     }
 
     fn lookup(&self, name: &[u8]) -> Option<Arc<Exchange<Q>>> {
@@ -351,6 +422,17 @@ impl<Q: Clone> Topology<Q> {
             .write()
             .insert(key, Arc::new(new_exchange(def)));
         Ok(Declared::Created)
+    }
+
+    /// `exchange.declare` with `passive`: the definition, 403 for `""` (as RabbitMQ 3.10) and
+    /// 404 when it does not exist.
+    pub fn declare_exchange_passive(&self, name: &[u8]) -> Result<ExchangeDef, RouterError> {
+        if name.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        self.lookup(name)
+            .map(|exchange| exchange.def.clone())
+            .ok_or_else(|| self.exchange_not_found(name))
     }
 
     /// The definition of an exchange (`""` included), for passive declares and equivalence.
@@ -443,6 +525,7 @@ impl<Q: Clone> Topology<Q> {
                             catalog.by_destination.remove(&destination);
                         }
                     }
+                    catalog.binding_count -= argument_tables.len();
                     for arguments in argument_tables {
                         removed.bindings.push(Binding {
                             source: name.clone(),
@@ -470,23 +553,28 @@ impl<Q: Clone> Topology<Q> {
         let Some(pairs) = catalog.by_destination.remove(destination) else {
             return Vec::new();
         };
+        let dest_key = self.dest_key(destination);
         let mut sources = Vec::new();
-        for (source, key) in pairs {
+        let mut seen_sources = FastSet::default();
+        for (source, key) in pairs.into_vec() {
             let Some(bindings) = catalog.by_source.get_mut(&source) else {
                 continue;
             };
             let Some(argument_tables) = bindings.remove(&(destination.clone(), key.clone())) else {
                 continue;
             };
-            if let Some(exchange) = self.lookup(source.as_bytes()) {
-                let dest_key = self.dest_key(destination);
+            if bindings.is_empty() {
+                catalog.by_source.remove(&source);
+            }
+            // One short write lock per (source, key): a publisher waits for one of these at
+            // most, not for the whole removal.
+            if let (Some(exchange), Some(dest_key)) = (self.lookup(source.as_bytes()), &dest_key) {
                 let mut routes = exchange.routes.write();
                 for arguments in &argument_tables {
-                    if let Some(dest_key) = &dest_key {
-                        routes.remove(key.as_shared(), arguments, dest_key);
-                    }
+                    routes.remove(key.as_shared(), arguments, dest_key);
                 }
             }
+            catalog.binding_count -= argument_tables.len();
             for arguments in argument_tables {
                 removed.bindings.push(Binding {
                     source: source.clone(),
@@ -495,7 +583,7 @@ impl<Q: Clone> Topology<Q> {
                     arguments,
                 });
             }
-            if !sources.contains(&source) {
+            if seen_sources.insert(source.clone()) {
                 sources.push(source);
             }
         }
@@ -551,7 +639,7 @@ impl<Q: Clone> Topology<Q> {
         let name = own(&name);
         self.queues
             .write()
-            .insert(name.as_shared().clone(), QueueEntry { id, handle });
+            .insert(name.as_shared().clone(), QueueEntry { name, id, handle });
         true
     }
 
@@ -614,6 +702,21 @@ impl<Q: Clone> Topology<Q> {
         list
     }
 
+    /// How many exchanges there are, the default one excluded (for per-vhost limits).
+    pub fn exchange_count(&self) -> usize {
+        self.exchanges.read().len()
+    }
+
+    /// How many queues were added and not removed.
+    pub fn queue_count(&self) -> usize {
+        self.queues.read().len()
+    }
+
+    /// How many bindings there are (for limits and metrics).
+    pub fn binding_count(&self) -> usize {
+        self.catalog.lock().binding_count
+    }
+
     // ----- bindings -----
 
     /// `queue.bind` / `exchange.bind`. `Ok(true)` if added, `Ok(false)` if that exact binding
@@ -628,32 +731,32 @@ impl<Q: Clone> Topology<Q> {
         let source = self
             .lookup(binding.source.as_bytes())
             .ok_or_else(|| self.exchange_not_found(binding.source.as_bytes()))?;
-        let target = match &binding.destination {
+        // The destination's name is taken from the stored queue or exchange, so that every
+        // binding shares one copy of it.
+        let (target, destination) = match &binding.destination {
             Destination::Queue(name) => {
                 let queues = self.queues.read();
                 let entry = queues
                     .get(name.as_bytes())
                     .ok_or_else(|| self.queue_not_found(name.as_bytes()))?;
-                Target::Queue {
+                let target = Target::Queue {
                     id: entry.id,
                     handle: entry.handle.clone(),
-                }
+                };
+                (target, Destination::Queue(entry.name.clone()))
             }
             Destination::Exchange(name) => {
                 let exchange = self
                     .lookup(name.as_bytes())
                     .ok_or_else(|| self.exchange_not_found(name.as_bytes()))?;
-                Target::Exchange(exchange.def.name.as_shared().clone())
+                let target = Target::Exchange(exchange.def.name.as_shared().clone());
+                (target, Destination::Exchange(exchange.def.name.clone()))
             }
         };
         if source.def.kind == ExchangeKind::Headers {
             XMatch::from_arguments(&binding.arguments)?;
         }
         let arguments = own_table(&sorted_arguments(&binding.arguments));
-        let destination = match &binding.destination {
-            Destination::Queue(name) => Destination::Queue(own(name)),
-            Destination::Exchange(name) => Destination::Exchange(own(name)),
-        };
         let source_name = source.def.name.clone();
         let key = own(&binding.routing_key);
         let tables = catalog
@@ -666,6 +769,7 @@ impl<Q: Clone> Topology<Q> {
             return Ok(false);
         }
         tables.push(arguments.clone());
+        catalog.binding_count += 1;
         catalog
             .by_destination
             .entry(destination)
@@ -678,28 +782,21 @@ impl<Q: Clone> Topology<Q> {
         Ok(true)
     }
 
-    /// `queue.unbind` / `exchange.unbind`. Unbinding what is not bound is not an error
-    /// (`removed.bindings` is then empty). 403 when either end is `""`; 404 when the source or
-    /// destination does not exist. An auto-delete source left without bindings is deleted and
-    /// reported in `removed.exchanges`.
+    /// `queue.unbind` / `exchange.unbind`. Unbinding what is not bound is not an error, even
+    /// when the source or destination does not exist (RabbitMQ 3.10 answers `unbind-ok`):
+    /// `removed.bindings` is then empty. 403 when either end is `""`. An auto-delete source
+    /// left without bindings is deleted and reported in `removed.exchanges`.
     pub fn unbind(&self, binding: &Binding) -> Result<Removed, RouterError> {
         if binding.source.is_empty() || binding.destination.name().is_empty() {
             return Err(Self::default_exchange_refused());
         }
-        let mut catalog = self.catalog.lock();
-        let source = self
-            .lookup(binding.source.as_bytes())
-            .ok_or_else(|| self.exchange_not_found(binding.source.as_bytes()))?;
-        let dest_key = match &binding.destination {
-            Destination::Queue(name) => self
-                .dest_key(&binding.destination)
-                .ok_or_else(|| self.queue_not_found(name.as_bytes()))?,
-            Destination::Exchange(name) => {
-                if self.lookup(name.as_bytes()).is_none() {
-                    return Err(self.exchange_not_found(name.as_bytes()));
-                }
-                DestKey::Exchange(name.as_shared().clone())
-            }
+        let mut guard = self.catalog.lock();
+        let catalog = &mut *guard;
+        let (Some(source), Some(dest_key)) = (
+            self.lookup(binding.source.as_bytes()),
+            self.dest_key(&binding.destination),
+        ) else {
+            return Ok(Removed::default());
         };
         let arguments = sorted_arguments(&binding.arguments);
         let pair = (binding.destination.clone(), binding.routing_key.clone());
@@ -714,6 +811,7 @@ impl<Q: Clone> Topology<Q> {
             return Ok(removed);
         };
         tables.swap_remove(pos);
+        catalog.binding_count -= 1;
         if tables.is_empty() {
             bindings.remove(&pair);
             if let Some(pairs) = catalog.by_destination.get_mut(&binding.destination) {
@@ -740,8 +838,8 @@ impl<Q: Clone> Topology<Q> {
             routing_key: binding.routing_key.clone(),
             arguments,
         });
-        for name in self.unused_auto_delete(&catalog, vec![source.def.name.clone()]) {
-            self.delete_exchange_locked(&mut catalog, name, &mut removed);
+        if source.def.auto_delete && !catalog.by_source.contains_key(&source.def.name) {
+            self.delete_exchange_locked(catalog, source.def.name.clone(), &mut removed);
         }
         Ok(removed)
     }
@@ -836,7 +934,7 @@ fn bindings_to(catalog: &Catalog, destination: &Destination) -> Vec<Binding> {
     let Some(pairs) = catalog.by_destination.get(destination) else {
         return list;
     };
-    for (source, key) in pairs {
+    for (source, key) in pairs.iter() {
         let tables = catalog
             .by_source
             .get(source)

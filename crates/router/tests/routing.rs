@@ -197,6 +197,12 @@ fn topic_empty_words() {
     check_topic(&[("q1", "a.#")], "a.", "q1");
     check_topic(&[("q1", "#.")], "a.", "q1");
     check_topic(&[("q1", "#.")], "a", "");
+    check_topic(&[("q1", "#.")], "", "");
+    check_topic(&[("q1", "#.")], ".", "q1");
+    check_topic(&[("q1", "*.#.*")], "a", "");
+    check_topic(&[("q1", "*.#.*")], "a.b", "q1");
+    check_topic(&[("q1", "a.*.#")], "a", "");
+    check_topic(&[("q1", "#.#.a.#")], "a", "q1");
 }
 
 #[test]
@@ -568,10 +574,14 @@ fn bind_and_unbind_report_missing_ends() {
         .bind(&Binding::exchange(name("x"), name("ny"), name("k")))
         .unwrap_err();
     assert_eq!(err.text(), "no exchange 'ny' in vhost '/'");
-    let err = t
-        .unbind(&Binding::queue(name("x"), name("nq"), name("k")))
-        .unwrap_err();
-    assert_eq!(err.reply_code(), 404);
+    // Unbind with a missing end is not an error either (RabbitMQ 3.10 answers unbind-ok).
+    for binding in [
+        Binding::queue(name("x"), name("nq"), name("k")),
+        Binding::queue(name("nx"), name("q1"), name("k")),
+        Binding::exchange(name("x"), name("ny"), name("k")),
+    ] {
+        assert_eq!(t.unbind(&binding), Ok(Default::default()));
+    }
 }
 
 #[test]
@@ -875,4 +885,79 @@ fn stored_names_do_not_pin_network_buffers() {
     };
     assert!(!inside(&binding.routing_key));
     assert!(!inside(binding.destination.name()));
+}
+
+#[test]
+fn counts_follow_every_change() {
+    let t = topology();
+    assert_eq!(
+        (t.exchange_count(), t.queue_count(), t.binding_count()),
+        (5, 0, 0)
+    );
+    add_queues(&t, &["q1", "q2"]);
+    declare(&t, "x", ExchangeKind::Topic);
+    declare(&t, "y", ExchangeKind::Fanout);
+    bind_q(&t, "x", "q1", "a.*");
+    bind_q(&t, "x", "q1", "a.*");
+    bind_q(&t, "x", "q2", "a.*");
+    bind_q(&t, "y", "q1", "");
+    bind_x(&t, "x", "y", "#");
+    let with_args =
+        Binding::queue(name("x"), name("q1"), name("a.*")).with_arguments(table("k=s:v"));
+    t.bind(&with_args).unwrap();
+    assert_eq!(
+        (t.exchange_count(), t.queue_count(), t.binding_count()),
+        (7, 2, 5)
+    );
+    t.unbind(&with_args).unwrap();
+    assert_eq!(t.binding_count(), 4);
+    assert_eq!(t.remove_queue(b"q1").unwrap().bindings.len(), 2);
+    assert_eq!(t.binding_count(), 2);
+    assert_eq!(t.delete_exchange(b"y", false).unwrap().bindings.len(), 1);
+    assert_eq!(
+        (t.exchange_count(), t.queue_count(), t.binding_count()),
+        (6, 1, 1)
+    );
+    assert_eq!(t.list_bindings().len(), t.binding_count());
+}
+
+#[test]
+fn topology_and_route_buf_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Topology<Arc<String>>>();
+    send::<RouteBuf<Arc<String>>>();
+}
+
+#[test]
+fn passive_declare_and_error_texts() {
+    let t = topology();
+    let err = t.declare_exchange_passive(b"").unwrap_err();
+    assert_eq!(
+        (err.reply_code(), err.text()),
+        (403, "operation not permitted on the default exchange")
+    );
+    assert_eq!(
+        t.declare_exchange_passive(b"amq.direct").unwrap().kind,
+        ExchangeKind::Direct
+    );
+    let err = t.declare_exchange_passive(b"router.missing").unwrap_err();
+    assert_eq!(
+        (err.reply_code(), err.text()),
+        (404, "no exchange 'router.missing' in vhost '/'")
+    );
+    let err = warren_router::RouterError::internal_exchange("/", b"router.int");
+    assert_eq!(
+        (err.reply_code(), err.text()),
+        (
+            403,
+            "cannot publish to internal exchange 'router.int' in vhost '/'"
+        )
+    );
+    // exchange.bind to the default exchange as destination is refused too.
+    declare(&t, "e", ExchangeKind::Fanout);
+    let err = t
+        .bind(&Binding::exchange(name("e"), name(""), name("")))
+        .unwrap_err();
+    assert_eq!(err.reply_code(), 403);
 }

@@ -7,7 +7,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use warren_store::{DestinationKind, Lsn, Recovery, Store, StoreError};
 
 use warren_codec::generated as m;
 use warren_codec::{FieldTable, FieldValue, ReplyCode, ShortString};
@@ -20,7 +24,7 @@ use crate::error::{AmqpError, ChannelError, ConnectionError};
 use crate::memory::MemoryMonitor;
 use crate::queue::QueueEntity;
 
-/// The broker: configuration, vhosts and the memory account.
+/// The broker: configuration, vhosts, the memory account and the durable store.
 pub struct Broker {
     /// The configuration it was started with.
     pub config: Arc<Config>,
@@ -30,28 +34,74 @@ pub struct Broker {
     pub memory: Arc<MemoryMonitor>,
     /// Source of connection ids (exclusive queue owners, log lines).
     next_connection_id: AtomicU64,
+    /// The durable store and its sync thread; `None` with `--ephemeral`.
+    durable: Option<Durable>,
 }
 
+/// What the sync thread reports: everything up to `synced` is on disk; confirms waiting on
+/// positions up to `failed` (and above `synced`) must be nacked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// Durable up to here.
+    pub synced: Lsn,
+    /// A failed sync may have lost records up to here.
+    pub failed: Lsn,
+}
+
+/// The store, the thread that group-commits it, and what that thread reports.
+struct Durable {
+    store: Arc<Store>,
+    state: watch::Receiver<SyncState>,
+    stop: Arc<AtomicBool>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Why the broker could not open its data folder.
+pub type OpenError = StoreError;
+
 impl Broker {
-    /// A broker with the configured vhosts, each holding the predeclared exchanges.
-    pub fn new(config: Arc<Config>) -> Self {
+    /// A broker with the configured vhosts, each holding the predeclared exchanges; unless
+    /// `ephemeral`, the data folder is opened and its durable exchanges, queues (with their
+    /// messages) and bindings are declared again.
+    pub fn new(config: Arc<Config>) -> Result<Self, OpenError> {
         let memory = Arc::new(MemoryMonitor::new(config.limits.memory_high_watermark));
-        let vhosts = config
+        let mut recovery = None;
+        let durable = if config.ephemeral {
+            None
+        } else {
+            let (store, recovered) = Store::open(&config.data_dir)?;
+            let report = recovered.report;
+            tracing::info!(
+                data_dir = %config.data_dir.display(),
+                clean_shutdown = report.clean_shutdown,
+                messages = report.messages,
+                bad_records = report.bad_records,
+                "store opened"
+            );
+            recovery = Some(recovered);
+            Some(Durable::start(Arc::new(store)))
+        };
+        let store = durable.as_ref().map(|d| Arc::clone(&d.store));
+        let vhosts: HashMap<String, Arc<VHost>> = config
             .vhosts
             .iter()
             .map(|name| {
                 (
                     name.clone(),
-                    Arc::new(VHost::new(name, Arc::clone(&memory))),
+                    Arc::new(VHost::new(name, Arc::clone(&memory), store.clone())),
                 )
             })
             .collect();
-        Broker {
+        if let Some(recovery) = recovery {
+            recover(&vhosts, recovery);
+        }
+        Ok(Broker {
             config,
             vhosts,
             memory,
             next_connection_id: AtomicU64::new(1),
-        }
+            durable,
+        })
     }
 
     /// A vhost by name.
@@ -63,6 +113,156 @@ impl Broker {
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// What the sync thread reported last; `None` with `--ephemeral`.
+    pub fn sync_state(&self) -> Option<watch::Receiver<SyncState>> {
+        self.durable.as_ref().map(|d| d.state.clone())
+    }
+
+    /// Stops the sync thread and marks the data folder cleanly closed. Call once no
+    /// connection uses a queue any more.
+    pub fn close_store(&self) {
+        if let Some(durable) = &self.durable {
+            durable.stop.store(true, Ordering::Release);
+            if let Some(thread) = durable.thread.lock().take() {
+                let _ = thread.join();
+            }
+            if let Err(e) = durable.store.close() {
+                tracing::error!(error = %e, "closing the store");
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(durable) = &self.durable {
+            durable.stop.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl Durable {
+    /// Starts the sync thread: it waits for appended records, fdatasyncs them all at once
+    /// (group commit) and publishes the durable position for the channels' confirms.
+    fn start(store: Arc<Store>) -> Durable {
+        let (tx, state) = watch::channel(SyncState::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let store = Arc::clone(&store);
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("warren-sync".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        match store.wait_and_sync(Duration::from_millis(50)) {
+                            Ok(Some(synced)) => {
+                                tx.send_modify(|state| state.synced = synced);
+                            }
+                            Ok(None) => {}
+                            Err(failed) => {
+                                tracing::error!(error = %failed, "sync failed: nacking confirms");
+                                tx.send_modify(|state| state.failed = failed.upto);
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                        }
+                    }
+                })
+                .ok()
+        };
+        Durable {
+            store,
+            state,
+            stop,
+            thread: parking_lot::Mutex::new(thread),
+        }
+    }
+}
+
+/// Declares again what the store recovered: exchanges, then queues with their messages, then
+/// bindings. Definitions for vhosts no longer configured are skipped (and logged).
+fn recover(vhosts: &HashMap<String, Arc<VHost>>, recovery: Recovery) {
+    let lookup = |name: &ShortString| -> Option<&Arc<VHost>> {
+        let vhost = vhosts.get(&name.to_string());
+        if vhost.is_none() {
+            tracing::warn!(vhost = %name, "recovered definition for an unknown vhost: skipped");
+        }
+        vhost
+    };
+    for def in recovery.exchanges {
+        let Some(vhost) = lookup(&def.vhost) else {
+            continue;
+        };
+        let Ok(kind) = ExchangeKind::parse(def.kind.as_bytes()) else {
+            tracing::warn!(exchange = %def.name, kind = %def.kind, "recovered exchange of unknown type: skipped");
+            continue;
+        };
+        let router_def = ExchangeDef::new(def.name.clone(), kind)
+            .durable(true)
+            .auto_delete(def.auto_delete)
+            .internal(def.internal)
+            .arguments(decode_table(&def.arguments));
+        if let Err(e) = vhost.topology.declare_exchange(router_def) {
+            tracing::warn!(exchange = %def.name, error = %e, "recovered exchange not declared");
+        }
+    }
+    for (def, messages) in recovery.queues {
+        let Some(vhost) = lookup(&def.vhost) else {
+            continue;
+        };
+        let queue = Arc::new(QueueEntity::new(
+            def.name.clone(),
+            Arc::clone(&vhost.name),
+            true,
+            def.auto_delete,
+            None,
+            decode_table(&def.arguments),
+            Arc::clone(&vhost.memory),
+            messages,
+        ));
+        vhost.topology.add_queue(def.name.clone(), queue);
+    }
+    for def in recovery.bindings {
+        let Some(vhost) = lookup(&def.vhost) else {
+            continue;
+        };
+        let destination = match def.destination_kind {
+            DestinationKind::Queue => Destination::Queue(def.destination.clone()),
+            DestinationKind::Exchange => Destination::Exchange(def.destination.clone()),
+        };
+        let binding = Binding {
+            source: def.source.clone(),
+            destination,
+            routing_key: def.routing_key.clone(),
+            arguments: decode_table(&def.arguments),
+        };
+        if let Err(e) = vhost.topology.bind(&binding) {
+            tracing::warn!(source = %def.source, destination = %def.destination, error = %e, "recovered binding not restored");
+        }
+    }
+}
+
+fn decode_table(bytes: &bytes::Bytes) -> FieldTable {
+    if bytes.is_empty() {
+        return FieldTable::new();
+    }
+    FieldTable::decode(bytes).unwrap_or_default()
+}
+
+fn encode_table(table: &FieldTable) -> bytes::Bytes {
+    if table.is_empty() {
+        return bytes::Bytes::new();
+    }
+    let mut buf = bytes::BytesMut::new();
+    table.encode(&mut buf);
+    buf.freeze()
+}
+
+/// A store failure as the connection error RabbitMQ would send (541 INTERNAL_ERROR).
+fn store_error(e: StoreError) -> AmqpError {
+    tracing::error!(error = %e, "store operation failed");
+    let code = ReplyCode::from_u16(e.reply_code()).unwrap_or(ReplyCode::InternalError);
+    ConnectionError::new(code, format!("store failure: {e}")).into()
 }
 
 /// What `queue.declare` asks for, with the server-generated name already filled in.
@@ -91,6 +291,13 @@ pub struct VHost {
     topology: Topology<Arc<QueueEntity>>,
     /// The broker's memory account, handed to new queues.
     memory: Arc<MemoryMonitor>,
+    /// The vhost name as stored in durable definitions.
+    store_name: ShortString,
+    /// The durable store; `None` with `--ephemeral`.
+    store: Option<Arc<Store>>,
+    /// Direct reply-to queues by name (`amq.rabbitmq.reply-to.` + random): reachable through
+    /// the default exchange only, never bound or listed.
+    reply_queues: parking_lot::RwLock<HashMap<ShortString, Arc<QueueEntity>>>,
 }
 
 /// Maps a router error to the scope RabbitMQ closes (503 closes the connection).
@@ -104,12 +311,97 @@ fn router_error(e: RouterError) -> AmqpError {
 }
 
 impl VHost {
-    fn new(name: &str, memory: Arc<MemoryMonitor>) -> Self {
+    fn new(name: &str, memory: Arc<MemoryMonitor>, store: Option<Arc<Store>>) -> Self {
         VHost {
             name: Arc::from(name),
             topology: Topology::new(name),
             memory,
+            store_name: ShortString::try_from(name).unwrap_or_default(),
+            store,
+            reply_queues: parking_lot::RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The store, when this definition must be durable.
+    fn durable_store(&self, durable: bool) -> Option<&Arc<Store>> {
+        self.store.as_ref().filter(|_| durable)
+    }
+
+    /// Forgets what a removal took with it: durable auto-deleted exchanges and bindings.
+    fn forget_removed(&self, removed: &warren_router::Removed) {
+        let Some(store) = &self.store else { return };
+        for exchange in &removed.exchanges {
+            if exchange.durable
+                && let Err(e) = store.delete_exchange(&self.store_name, &exchange.name)
+            {
+                tracing::error!(error = %e, "forgetting a durable exchange");
+            }
+        }
+        for binding in &removed.bindings {
+            if let Err(e) = store.delete_binding(&self.binding_def(binding)) {
+                tracing::error!(error = %e, "forgetting a durable binding");
+            }
+        }
+    }
+
+    fn binding_def(&self, binding: &Binding) -> warren_store::BindingDef {
+        let (destination, destination_kind) = match &binding.destination {
+            Destination::Queue(name) => (name.clone(), DestinationKind::Queue),
+            Destination::Exchange(name) => (name.clone(), DestinationKind::Exchange),
+        };
+        warren_store::BindingDef {
+            vhost: self.store_name.clone(),
+            source: binding.source.clone(),
+            destination,
+            destination_kind,
+            routing_key: binding.routing_key.clone(),
+            arguments: encode_table(&binding.arguments),
+        }
+    }
+
+    /// A binding is durable when both ends are, as in RabbitMQ.
+    fn binding_is_durable(&self, binding: &Binding) -> bool {
+        let source = self
+            .topology
+            .exchange(binding.source.as_bytes())
+            .is_some_and(|e| e.durable);
+        let destination = match &binding.destination {
+            Destination::Queue(name) => self
+                .topology
+                .queue(name.as_bytes())
+                .is_some_and(|q| q.durable),
+            Destination::Exchange(name) => self
+                .topology
+                .exchange(name.as_bytes())
+                .is_some_and(|e| e.durable),
+        };
+        source && destination
+    }
+
+    fn bind(&self, binding: &Binding) -> Result<(), AmqpError> {
+        let added = self.topology.bind(binding).map_err(router_error)?;
+        if added && let Some(store) = self.durable_store(self.binding_is_durable(binding)) {
+            store
+                .put_binding(&self.binding_def(binding))
+                .map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    fn unbind(&self, binding: &Binding) -> Result<(), AmqpError> {
+        let durable = self.store.is_some() && self.binding_is_durable(binding);
+        let removed = self.topology.unbind(binding).map_err(router_error)?;
+        if durable {
+            self.forget_removed(&removed);
+        } else if let Some(store) = &self.store {
+            // The binding was not durable, but an auto-delete exchange it emptied may be.
+            for exchange in removed.exchanges.iter().filter(|e| e.durable) {
+                if let Err(e) = store.delete_exchange(&self.store_name, &exchange.name) {
+                    tracing::error!(error = %e, "forgetting a durable exchange");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The vhost name.
@@ -120,6 +412,34 @@ impl VHost {
     /// A queue by name.
     pub fn queue(&self, name: &ShortString) -> Option<Arc<QueueEntity>> {
         self.topology.queue(name.as_bytes())
+    }
+
+    /// The direct reply-to queue a routing key names, if it is one (default exchange only).
+    pub fn reply_queue(&self, routing_key: &ShortString) -> Option<Arc<QueueEntity>> {
+        if !routing_key
+            .as_bytes()
+            .starts_with(b"amq.rabbitmq.reply-to.")
+        {
+            return None;
+        }
+        self.reply_queues.read().get(routing_key).cloned()
+    }
+
+    /// A private queue for a direct reply-to consumer, deleted with its consumer.
+    pub fn create_reply_queue(&self, conn_id: u64) -> Arc<QueueEntity> {
+        let name = crate::queue::generated_name("amq.rabbitmq.reply-to.");
+        let queue = Arc::new(QueueEntity::new(
+            name.clone(),
+            Arc::clone(&self.name),
+            false,
+            true,
+            Some(conn_id),
+            FieldTable::new(),
+            Arc::clone(&self.memory),
+            warren_store::Queue::new(),
+        ));
+        self.reply_queues.write().insert(name, Arc::clone(&queue));
+        queue
     }
 
     // ===== Exchanges =====
@@ -145,14 +465,33 @@ impl VHost {
             .auto_delete(declare.auto_delete)
             .internal(declare.internal)
             .arguments(declare.arguments.clone());
-        self.topology.declare_exchange(def).map_err(router_error)?;
+        let declared = self.topology.declare_exchange(def).map_err(router_error)?;
+        if declared == warren_router::Declared::Created
+            && let Some(store) = self.durable_store(declare.durable)
+        {
+            // Synced before declare-ok, as RabbitMQ does. The fsync blocks this connection's
+            // task for a moment; declarations are rare next to publishes.
+            store
+                .put_exchange(&warren_store::ExchangeDef {
+                    vhost: self.store_name.clone(),
+                    name: declare.exchange.clone(),
+                    kind: declare.kind.clone(),
+                    auto_delete: declare.auto_delete,
+                    internal: declare.internal,
+                    arguments: encode_table(&declare.arguments),
+                })
+                .map_err(store_error)?;
+        }
         Ok(())
     }
 
     /// `exchange.delete`.
     pub fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> Result<(), AmqpError> {
         match self.topology.delete_exchange(name.as_bytes(), if_unused) {
-            Ok(_) => Ok(()),
+            Ok(removed) => {
+                self.forget_removed(&removed);
+                Ok(())
+            }
             // Deleting a missing exchange is fine in RabbitMQ 3.x.
             Err(RouterError::ExchangeNotFound { .. }) => Ok(()),
             Err(e) => Err(router_error(e)),
@@ -169,8 +508,7 @@ impl VHost {
     ) -> Result<(), AmqpError> {
         let binding = Binding::exchange(source.clone(), destination.clone(), routing_key.clone())
             .with_arguments(arguments.clone());
-        self.topology.bind(&binding).map_err(router_error)?;
-        Ok(())
+        self.bind(&binding)
     }
 
     /// `exchange.unbind`.
@@ -183,8 +521,7 @@ impl VHost {
     ) -> Result<(), AmqpError> {
         let binding = Binding::exchange(source.clone(), destination.clone(), routing_key.clone())
             .with_arguments(arguments.clone());
-        self.topology.unbind(&binding).map_err(router_error)?;
-        Ok(())
+        self.unbind(&binding)
     }
 
     // ===== Queues =====
@@ -235,6 +572,18 @@ impl VHost {
         // Own the name: it may be a slice of a large read buffer.
         let name = ShortString::from_bytes(bytes::Bytes::copy_from_slice(declare.name.as_bytes()))
             .unwrap_or_default();
+        // Exclusive queues die with their connection, so they are never written to disk.
+        let messages = match self.durable_store(declare.durable && !declare.exclusive) {
+            Some(store) => store
+                .declare_queue(&warren_store::QueueDef {
+                    vhost: self.store_name.clone(),
+                    name: name.clone(),
+                    auto_delete: declare.auto_delete,
+                    arguments: encode_table(&declare.arguments),
+                })
+                .map_err(store_error)?,
+            None => warren_store::Queue::new(),
+        };
         let queue = Arc::new(QueueEntity::new(
             name.clone(),
             Arc::clone(&self.name),
@@ -243,6 +592,7 @@ impl VHost {
             declare.exclusive.then_some(declare.conn_id),
             declare.arguments,
             Arc::clone(&self.memory),
+            messages,
         ));
         if self.topology.add_queue(name.clone(), Arc::clone(&queue)) {
             Ok((queue, true))
@@ -304,7 +654,29 @@ impl VHost {
     pub fn delete_queue(&self, queue: &Arc<QueueEntity>) -> u32 {
         let current = self.topology.queue(queue.name.as_bytes());
         if current.is_some_and(|q| Arc::ptr_eq(&q, queue)) {
-            self.topology.remove_queue(queue.name.as_bytes());
+            if let Some(removed) = self.topology.remove_queue(queue.name.as_bytes()) {
+                // The store drops the queue's own bindings with it; auto-deleted exchanges
+                // are forgotten here.
+                let removed = warren_router::Removed {
+                    bindings: Vec::new(),
+                    exchanges: removed.exchanges,
+                };
+                self.forget_removed(&removed);
+            }
+            if queue.durable
+                && queue.exclusive_owner.is_none()
+                && let Some(store) = &self.store
+            {
+                let n_ready = queue.counts().0;
+                let messages = queue.take_messages();
+                if let Err(e) = store.delete_queue(&self.store_name, &queue.name, messages) {
+                    tracing::error!(error = %e, "forgetting a durable queue");
+                }
+                queue.delete();
+                return n_ready;
+            }
+        } else if queue.name.as_bytes().starts_with(b"amq.rabbitmq.reply-to.") {
+            self.reply_queues.write().remove(&queue.name);
         }
         queue.delete()
     }
@@ -319,8 +691,7 @@ impl VHost {
     ) -> Result<(), AmqpError> {
         let binding = Binding::queue(exchange.clone(), queue.name.clone(), routing_key.clone())
             .with_arguments(arguments.clone());
-        self.topology.bind(&binding).map_err(router_error)?;
-        Ok(())
+        self.bind(&binding)
     }
 
     /// `queue.unbind`.
@@ -337,8 +708,7 @@ impl VHost {
             routing_key: routing_key.clone(),
             arguments: arguments.clone(),
         };
-        self.topology.unbind(&binding).map_err(router_error)?;
-        Ok(())
+        self.unbind(&binding)
     }
 
     // ===== Publishing =====

@@ -19,13 +19,18 @@ use bytes::{Bytes, BytesMut};
 use warren_codec::frame::ContentHeader;
 use warren_codec::generated as m;
 use warren_codec::{BasicProperties, Method, ReplyCode, ShortString};
-use warren_store::{Delivery, Message};
+use warren_store::{Delivery, Lsn, Message};
 
-use crate::broker::{Broker, QueueDeclare, VHost};
+use crate::broker::{Broker, QueueDeclare, SyncState, VHost};
 use crate::config::{HARD_MAX_MESSAGE_SIZE, Limits};
 use crate::connection::{ClientCaps, Out};
 use crate::error::{AmqpError, ChannelError, ConnectionError};
-use crate::queue::{AttachError, ChannelShared, Consumer, Outbox, QueueEntity, generated_name};
+use crate::queue::{
+    AttachError, ChannelShared, Consumer, Outbox, Published, QueueEntity, generated_name,
+};
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// What the connection must do after a handler returned.
 pub enum After {
@@ -57,6 +62,8 @@ pub struct ConnCtx<'a> {
     pub exclusive_queues: &'a mut Vec<Arc<QueueEntity>>,
     /// Channels with confirms to flush at the end of the batch.
     pub confirm_dirty: &'a mut Vec<u16>,
+    /// The authenticated user (checked against the `user_id` property).
+    pub user: &'a str,
 }
 
 /// A publish whose content is complete.
@@ -152,8 +159,12 @@ enum Mode {
     Confirm {
         /// The tag the next publish gets (from 1).
         next_tag: u64,
-        /// Confirms not yet sent: (first, last).
+        /// Confirms not yet sent that need no sync: (first, last).
         pending: Option<(u64, u64)>,
+        /// Confirms waiting for the store's sync: (tag, log position, nack?), in tag order. A
+        /// publish
+        /// that needs no sync still queues here behind one that does, so acks stay in order.
+        waiting: VecDeque<(u64, Lsn, bool)>,
     },
     Tx {
         publishes: Vec<Publish>,
@@ -176,6 +187,9 @@ pub struct Channel {
     /// `basic.qos` with `global = false`: the prefetch new consumers get.
     consumer_prefetch: u32,
     mode: Mode,
+    /// The name of this channel's direct reply-to queue, once it consumed
+    /// `amq.rabbitmq.reply-to`.
+    reply_to: Option<ShortString>,
     /// Scratch space for routing, reused from one publish to the next.
     route_buf: warren_router::RouteBuf<Arc<QueueEntity>>,
 }
@@ -199,6 +213,7 @@ impl Channel {
             consumers: HashMap::new(),
             consumer_prefetch: 0,
             mode: Mode::Plain,
+            reply_to: None,
             route_buf: warren_router::RouteBuf::new(),
         }
     }
@@ -213,17 +228,17 @@ impl Channel {
     ) -> Result<Option<Publish>, AmqpError> {
         let Assembly::Header(publish) = std::mem::replace(&mut self.assembly, Assembly::Idle)
         else {
-            return Err(ConnectionError::unexpected_frame(format!(
-                "unexpected content header frame on channel {}",
-                self.number
-            ))
+            return Err(ConnectionError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            )
             .into());
         };
         if header.class_id != 60 {
             return Err(ConnectionError::unexpected_frame(format!(
-                "content header for class {} on channel {}, expected class 60",
-                header.class_id, self.number
+                "expected content header for class 60, got one for class {} instead",
+                header.class_id
             ))
+            .on(60, 40)
             .into());
         }
         if header.body_size > HARD_MAX_MESSAGE_SIZE {
@@ -264,10 +279,9 @@ impl Channel {
             body_size, parts, ..
         } = &mut self.assembly
         else {
-            return Err(ConnectionError::unexpected_frame(format!(
-                "unexpected content body frame on channel {}",
-                self.number
-            ))
+            return Err(ConnectionError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            )
             .into());
         };
         let size = usize::try_from(*body_size).unwrap_or(usize::MAX);
@@ -303,10 +317,9 @@ impl Channel {
         ctx: &mut ConnCtx<'_>,
     ) -> Result<After, AmqpError> {
         if !matches!(self.assembly, Assembly::Idle) {
-            return Err(ConnectionError::unexpected_frame(format!(
-                "expected content header for class 60, got non content header frame instead (channel {})",
-                self.number
-            ))
+            return Err(ConnectionError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
             .into());
         }
         let n = self.number;
@@ -389,6 +402,7 @@ impl Channel {
                         self.mode = Mode::Confirm {
                             next_tag: 1,
                             pending: None,
+                            waiting: VecDeque::new(),
                         }
                     }
                     Mode::Confirm { .. } => {}
@@ -622,7 +636,11 @@ impl Channel {
         ctx: &mut ConnCtx<'_>,
     ) -> Result<After, AmqpError> {
         let n = self.number;
-        let queue = self.queue_for(&consume.queue, ctx)?;
+        let queue = if consume.queue.as_bytes() == REPLY_TO.as_bytes() {
+            self.reply_queue(&consume, ctx)?
+        } else {
+            self.queue_for(&consume.queue, ctx)?
+        };
         let tag = if consume.consumer_tag.is_empty() {
             generated_name("amq.ctag-")
         } else {
@@ -642,6 +660,7 @@ impl Channel {
             unacked: AtomicU32::new(0),
             channel: Arc::clone(&self.shared),
             queue: Arc::clone(&queue),
+            priority: consumer_priority(&consume.arguments),
         });
         // Deliveries dispatched by `attach` wait in the outbox, which the connection drains
         // after this handler, so consume-ok still goes out before them.
@@ -672,6 +691,26 @@ impl Channel {
                 .into())
             }
         }
+    }
+
+    /// Direct reply-to: consuming the pseudo-queue `amq.rabbitmq.reply-to` creates a private
+    /// queue (no bindings, not listed) that replies are routed to by its generated name.
+    fn reply_queue(
+        &mut self,
+        consume: &m::BasicConsume,
+        ctx: &mut ConnCtx<'_>,
+    ) -> Result<Arc<QueueEntity>, AmqpError> {
+        if !consume.no_ack {
+            return Err(
+                ChannelError::precondition_failed("reply consumer cannot acknowledge").into(),
+            );
+        }
+        if self.reply_to.is_some() {
+            return Err(ChannelError::precondition_failed("reply consumer already set").into());
+        }
+        let queue = ctx.vhost.create_reply_queue(ctx.conn_id);
+        self.reply_to = Some(queue.name.clone());
+        Ok(queue)
     }
 
     fn recv_get(&mut self, get: m::BasicGet, ctx: &mut ConnCtx<'_>) -> Result<(), AmqpError> {
@@ -848,6 +887,17 @@ impl Channel {
 
     /// A complete message from the client.
     pub fn publish(&mut self, publish: Publish, ctx: &mut ConnCtx<'_>) -> Result<After, AmqpError> {
+        // RabbitMQ refuses a user-id property that is not the connection's user (no impersonation).
+        if let Some(user_id) = &publish.properties.user_id
+            && user_id.as_bytes() != ctx.user.as_bytes()
+        {
+            return Err(ChannelError::precondition_failed(format!(
+                "user_id property set to '{user_id}' but authenticated user was '{}'",
+                ctx.user
+            ))
+            .on(60, 40)
+            .into());
+        }
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             // Check the exchange now, as RabbitMQ does, but route at commit.
             ctx.vhost.check_publish(&publish.exchange)?;
@@ -858,19 +908,50 @@ impl Channel {
         Ok(After::Nothing)
     }
 
-    fn route(&mut self, publish: Publish, ctx: &mut ConnCtx<'_>) -> Result<(), AmqpError> {
+    fn route(&mut self, mut publish: Publish, ctx: &mut ConnCtx<'_>) -> Result<(), AmqpError> {
         let n = self.number;
-        ctx.vhost.route(
-            &publish.exchange,
-            &publish.routing_key,
-            publish.properties.headers.as_ref(),
-            &mut self.route_buf,
-        )?;
+        if publish
+            .properties
+            .reply_to
+            .as_ref()
+            .map(ShortString::as_bytes)
+            == Some(REPLY_TO.as_bytes())
+        {
+            // Direct reply-to: the reply address becomes this channel's private queue.
+            let Some(name) = &self.reply_to else {
+                return Err(ChannelError::precondition_failed(
+                    "fast reply consumer does not exist",
+                )
+                .on(60, 40)
+                .into());
+            };
+            publish.properties.reply_to = Some(name.clone());
+            let mut raw = bytes::BytesMut::new();
+            publish.properties.encode(&mut raw);
+            publish.raw_properties = raw.freeze();
+        }
+        let direct = if publish.exchange.is_empty() {
+            ctx.vhost.reply_queue(&publish.routing_key)
+        } else {
+            None
+        };
+        if direct.is_none() {
+            ctx.vhost.route(
+                &publish.exchange,
+                &publish.routing_key,
+                publish.properties.headers.as_ref(),
+                &mut self.route_buf,
+            )?;
+        }
         let persistent = publish.properties.delivery_mode == Some(2);
-        if self.route_buf.is_empty() {
+        // The furthest log position this message was written at, if any queue logged it.
+        let mut lsn: Option<Lsn> = None;
+        // A queue at its x-max-length with x-overflow reject-publish refused it: nack.
+        let mut rejected = false;
+        if direct.is_none() && self.route_buf.is_empty() {
             if publish.mandatory {
                 // The return goes out before this message's confirm.
-                self.flush_confirms(ctx.out);
+                self.flush_confirms(ctx.out, None);
                 ctx.out.method(
                     n,
                     m::BasicReturn {
@@ -892,17 +973,55 @@ impl Channel {
                 )
                 .with_persistent(persistent),
             );
+            let mut record = |outcome: Published| match outcome {
+                Published::Queued(at) => lsn = lsn.max(at),
+                Published::Rejected => rejected = true,
+            };
+            if let Some(queue) = direct {
+                record(queue.publish(Arc::clone(&message)));
+            }
             for queue in self.route_buf.drain() {
-                queue.publish(Arc::clone(&message));
+                record(queue.publish(Arc::clone(&message)));
             }
         }
-        if let Mode::Confirm { next_tag, pending } = &mut self.mode {
+        if let Mode::Confirm {
+            next_tag,
+            pending,
+            waiting,
+        } = &mut self.mode
+        {
             let tag = *next_tag;
             *next_tag += 1;
-            *pending = Some(match *pending {
-                None => (tag, tag),
-                Some((first, _)) => (first, tag),
-            });
+            let behind = waiting.back().map(|&(_, at, _)| at);
+            match (lsn.max(behind), rejected) {
+                (None, false) => {
+                    *pending = Some(match *pending {
+                        None => (tag, tag),
+                        Some((first, _)) => (first, tag),
+                    });
+                }
+                (None, true) => {
+                    // Nothing to wait for: earlier confirms, then this nack, in order.
+                    if let Some((first, last)) = pending.take() {
+                        ctx.out.method(
+                            n,
+                            m::BasicAck {
+                                delivery_tag: last,
+                                multiple: last > first,
+                            },
+                        );
+                    }
+                    ctx.out.method(
+                        n,
+                        m::BasicNack {
+                            delivery_tag: tag,
+                            multiple: false,
+                            requeue: false,
+                        },
+                    );
+                }
+                (Some(at), nack) => waiting.push_back((tag, at, nack)),
+            }
             if !ctx.confirm_dirty.contains(&n) {
                 ctx.confirm_dirty.push(n);
             }
@@ -910,11 +1029,17 @@ impl Channel {
         Ok(())
     }
 
-    /// Sends the confirms collected in this batch: one `basic.ack` with `multiple` for a run.
-    pub fn flush_confirms(&mut self, out: &mut Out) {
-        if let Mode::Confirm { pending, .. } = &mut self.mode
-            && let Some((first, last)) = pending.take()
-        {
+    /// Sends the confirms that are due: those collected in this batch that needed no sync as
+    /// one `basic.ack` (with `multiple` for a run), then those whose log position is synced;
+    /// a failed sync nacks the ones it may have lost.
+    pub fn flush_confirms(&mut self, out: &mut Out, sync: Option<SyncState>) {
+        let Mode::Confirm {
+            pending, waiting, ..
+        } = &mut self.mode
+        else {
+            return;
+        };
+        if let Some((first, last)) = pending.take() {
             out.method(
                 self.number,
                 m::BasicAck {
@@ -923,6 +1048,68 @@ impl Channel {
                 },
             );
         }
+        let Some(sync) = sync else { return };
+        let mut acked: Option<(u64, u64)> = None;
+        while let Some(&(tag, lsn, nack)) = waiting.front() {
+            if lsn <= sync.synced && nack {
+                if let Some((first, last)) = acked.take() {
+                    out.method(
+                        self.number,
+                        m::BasicAck {
+                            delivery_tag: last,
+                            multiple: last > first,
+                        },
+                    );
+                }
+                out.method(
+                    self.number,
+                    m::BasicNack {
+                        delivery_tag: tag,
+                        multiple: false,
+                        requeue: false,
+                    },
+                );
+                waiting.pop_front();
+            } else if lsn <= sync.synced {
+                acked = Some(acked.map_or((tag, tag), |(first, _)| (first, tag)));
+                waiting.pop_front();
+            } else if lsn <= sync.failed {
+                if let Some((first, last)) = acked.take() {
+                    out.method(
+                        self.number,
+                        m::BasicAck {
+                            delivery_tag: last,
+                            multiple: last > first,
+                        },
+                    );
+                }
+                out.method(
+                    self.number,
+                    m::BasicNack {
+                        delivery_tag: tag,
+                        multiple: false,
+                        requeue: false,
+                    },
+                );
+                waiting.pop_front();
+            } else {
+                break;
+            }
+        }
+        if let Some((first, last)) = acked {
+            out.method(
+                self.number,
+                m::BasicAck {
+                    delivery_tag: last,
+                    multiple: last > first,
+                },
+            );
+        }
+    }
+
+    /// Whether confirms wait for the store's sync.
+    pub fn has_waiting_confirms(&self) -> bool {
+        matches!(&self.mode, Mode::Confirm { waiting, .. } if !waiting.is_empty())
     }
 }
 
@@ -934,6 +1121,21 @@ fn complete(publish: m::BasicPublish, header: ContentHeader, body: Bytes) -> Pub
         properties: header.properties,
         raw_properties: header.raw_properties,
         body,
+    }
+}
+
+/// The `x-priority` consumer argument (any integer type), 0 when absent.
+fn consumer_priority(arguments: &warren_codec::FieldTable) -> i64 {
+    use warren_codec::FieldValue;
+    match arguments.get(b"x-priority") {
+        Some(FieldValue::I8(v)) => i64::from(*v),
+        Some(FieldValue::U8(v)) => i64::from(*v),
+        Some(FieldValue::I16(v)) => i64::from(*v),
+        Some(FieldValue::U16(v)) => i64::from(*v),
+        Some(FieldValue::I32(v)) => i64::from(*v),
+        Some(FieldValue::U32(v)) => i64::from(*v),
+        Some(FieldValue::I64(v)) => *v,
+        _ => 0,
     }
 }
 

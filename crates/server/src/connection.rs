@@ -42,6 +42,8 @@ const PRE_TUNE_FRAME_MAX: u32 = 4096;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes read per `read` call at most (the buffer grows to a whole frame as needed).
 const READ_CHUNK: usize = 64 * 1024;
+/// The read buffer of a new connection; enough for the handshake and small publishes.
+const INITIAL_READ_BUFFER: usize = 4096;
 /// Write buffer size above which the connection stops taking deliveries from its outbox until
 /// the socket drains.
 const WRITE_HIGH_WATER: usize = 1024 * 1024;
@@ -125,10 +127,16 @@ pub struct Connection {
     sent_blocked: bool,
     /// Channels with publisher confirms to flush at the end of this batch.
     confirm_dirty: Vec<u16>,
-    /// Set when the read side saw EOF or a fatal error.
+    /// Set when the read side saw EOF.
     read_closed: bool,
+    /// Set after a framing error: input is read and dropped until the socket closes.
+    discard_input: bool,
     /// When the handshake must be complete, or closing must have finished.
     deadline: Option<Instant>,
+    /// The store's sync progress (None with `--ephemeral`), for confirms of persisted messages.
+    sync: Option<watch::Receiver<crate::broker::SyncState>>,
+    /// The sync progress moved since confirms were last flushed.
+    sync_changed: bool,
 }
 
 /// Runs one connection to completion. Never panics on client input; logs one line when opened
@@ -144,6 +152,7 @@ pub async fn serve(
     async move {
         let _ = stream.set_nodelay(true);
         let handshake_timeout = broker.config.limits.handshake_timeout;
+        let sync = broker.sync_state();
         let mut conn = Connection {
             id,
             peer,
@@ -157,7 +166,7 @@ pub async fn serve(
             caps: ClientCaps::default(),
             channels: Vec::new(),
             out: Out {
-                buf: BytesMut::with_capacity(8 * 1024),
+                buf: BytesMut::with_capacity(1024),
                 frame_max: PRE_TUNE_FRAME_MAX,
             },
             outbox: Arc::new(Outbox::default()),
@@ -166,6 +175,9 @@ pub async fn serve(
             sent_blocked: false,
             confirm_dirty: Vec::new(),
             read_closed: false,
+            discard_input: false,
+            sync,
+            sync_changed: false,
             deadline: Some(Instant::now() + handshake_timeout),
         };
         info!("connection accepted");
@@ -186,11 +198,13 @@ impl Connection {
         mut stream: TcpStream,
         mut shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<()> {
-        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+        // Small at first: an idle connection costs little; a busy one grows it (see below).
+        let mut inbuf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
 
         // The protocol header: 8 bytes within the handshake timeout.
         let deadline = self.deadline.unwrap_or_else(Instant::now);
-        while inbuf.len() < 8 {
+        let mut check = frame::check_protocol_header(&inbuf);
+        while check == frame::ProtocolHeaderCheck::NeedMore {
             let n = tokio::select! {
                 n = stream.read_buf(&mut inbuf) => n?,
                 _ = tokio::time::sleep_until(deadline) => {
@@ -202,11 +216,9 @@ impl Connection {
             if n == 0 {
                 return Ok(());
             }
-            if !frame::PROTOCOL_HEADER.starts_with(&inbuf[..inbuf.len().min(8)]) {
-                break;
-            }
+            check = frame::check_protocol_header(&inbuf);
         }
-        if inbuf.get(..8) != Some(&frame::PROTOCOL_HEADER[..]) {
+        if check == frame::ProtocolHeaderCheck::Bad {
             info!("bad protocol header: answering with ours and closing");
             stream.write_all(frame::PROTOCOL_HEADER).await?;
             let _ = stream.shutdown().await;
@@ -275,13 +287,29 @@ impl Connection {
                         self.phase = Phase::Done;
                     } else {
                         last_read = Instant::now();
-                        if inbuf.capacity() - inbuf.len() < 4096 {
+                        // A read that filled the buffer means a busy peer: read bigger chunks.
+                        // (Bodies are sliced out of this buffer, so it is not reused in place.)
+                        if inbuf.capacity() == inbuf.len() {
                             inbuf.reserve(READ_CHUNK);
+                        } else if inbuf.capacity() - inbuf.len() < 1024 {
+                            inbuf.reserve(INITIAL_READ_BUFFER);
                         }
                     }
                 }
                 _ = self.outbox.notify.notified() => {}
                 _ = alarm.changed() => {}
+                changed = async {
+                    match self.sync.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.channels.iter().flatten().any(|ch| ch.has_waiting_confirms()) => {
+                    match changed {
+                        Ok(()) => self.sync_changed = true,
+                        // The sync thread is gone (shutdown): nothing more will be confirmed.
+                        Err(_) => self.sync = None,
+                    }
+                }
                 _ = async {
                     match timer {
                         Some(t) => tokio::time::sleep_until(t).await,
@@ -318,6 +346,10 @@ impl Connection {
 
     /// Decodes and handles every whole frame in `inbuf`.
     fn process_frames(&mut self, inbuf: &mut BytesMut) {
+        if self.discard_input {
+            inbuf.clear();
+            return;
+        }
         loop {
             if matches!(self.phase, Phase::Done) {
                 return;
@@ -341,8 +373,11 @@ impl Connection {
                         class_id: 0,
                         method_id: 0,
                     });
-                    // After a framing error nothing more can be parsed.
-                    self.read_closed = true;
+                    // After a framing error nothing more can be parsed: read and drop the rest
+                    // (closing with unread input would reset the connection and could lose
+                    // our close frame), and give up sooner than for a well-formed peer.
+                    self.discard_input = true;
+                    self.deadline = Some(Instant::now() + Duration::from_secs(1));
                     return;
                 }
             };
@@ -370,7 +405,7 @@ impl Connection {
         match frame {
             Frame::Heartbeat { channel: 0 } => Ok(()),
             Frame::Heartbeat { .. } => Err(ConnectionError::unexpected_frame(
-                "heartbeat frame on non-zero channel",
+                "type 8, all octets = <<>>",
             )),
             Frame::Method { channel: 0, method } => self.handle_method0(method),
             Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => Err(
@@ -388,9 +423,7 @@ impl Connection {
                     Some(ch) if ch.closing => return Ok(()),
                     Some(ch) => ch.recv_body(payload, &broker.config.limits),
                     None => {
-                        return Err(ConnectionError::channel_error(format!(
-                            "expected 'channel.open' on channel {channel}"
-                        )));
+                        return Err(ConnectionError::channel_error("expected 'channel.open'"));
                     }
                 };
                 match result {
@@ -414,9 +447,7 @@ impl Connection {
             Some(ch) if ch.closing => return Ok(()),
             Some(ch) => ch.recv_header(header, &broker.config.limits),
             None => {
-                return Err(ConnectionError::channel_error(format!(
-                    "expected 'channel.open' on channel {channel}"
-                )));
+                return Err(ConnectionError::channel_error("expected 'channel.open'"));
             }
         };
         match result {
@@ -430,10 +461,9 @@ impl Connection {
         let class_id = method.class_id();
         let method_id = method.method_id();
         if class_id == 10 {
-            return Err(ConnectionError::command_invalid(format!(
-                "connection method on channel {channel}"
-            ))
-            .on(class_id, method_id));
+            return Err(
+                ConnectionError::command_invalid("unimplemented method").on(class_id, method_id)
+            );
         }
         if channel > self.channel_max && self.channel_max != 0 {
             return Err(ConnectionError::not_allowed(format!(
@@ -454,15 +484,19 @@ impl Connection {
                 Err(ConnectionError::channel_error("second 'channel.open' seen")
                     .on(class_id, method_id))
             }
-            _ if !exists => Err(ConnectionError::channel_error(format!(
-                "expected 'channel.open' on channel {channel}"
-            ))
-            .on(class_id, method_id)),
+            _ if !exists => {
+                Err(ConnectionError::channel_error("expected 'channel.open'")
+                    .on(class_id, method_id))
+            }
             Method::ChannelCloseOk(_) => {
                 if self.channel_mut(channel).is_some_and(|ch| ch.closing) {
                     self.close_channel(channel);
+                    Ok(())
+                } else {
+                    // RabbitMQ's answer to a close-ok nobody asked for.
+                    Err(ConnectionError::command_invalid("unimplemented method")
+                        .on(class_id, method_id))
                 }
-                Ok(())
             }
             Method::ChannelClose(close) => {
                 debug!(channel, code = close.reply_code, text = %close.reply_text, "client closed channel");
@@ -503,6 +537,7 @@ impl Connection {
             caps: self.caps,
             exclusive_queues: &mut self.exclusive_queues,
             confirm_dirty: &mut self.confirm_dirty,
+            user: &self.user,
         };
         let span = tracing::debug_span!("chan", n = channel);
         let _enter = span.enter();
@@ -690,14 +725,22 @@ impl Connection {
         }
     }
 
+    /// Sends due confirms: those of this batch's publishes, and those waiting for a sync that
+    /// has now happened.
     fn flush_confirms(&mut self) {
-        if self.confirm_dirty.is_empty() {
-            return;
-        }
+        let sync = self.sync.as_ref().map(|rx| *rx.borrow());
         let dirty = std::mem::take(&mut self.confirm_dirty);
         for number in dirty {
             if let Some(Some(ch)) = self.channels.get_mut(usize::from(number)) {
-                ch.flush_confirms(&mut self.out);
+                ch.flush_confirms(&mut self.out, sync);
+            }
+        }
+        if self.sync_changed {
+            self.sync_changed = false;
+            for ch in self.channels.iter_mut().flatten() {
+                if ch.has_waiting_confirms() {
+                    ch.flush_confirms(&mut self.out, sync);
+                }
             }
         }
     }
@@ -927,7 +970,7 @@ impl Connection {
     /// `authentication_failure_close`, a plain socket close for the others (RabbitMQ's rule).
     fn refuse_login(&mut self, text: String) -> Result<(), ConnectionError> {
         if self.caps.authentication_failure_close {
-            Err(ConnectionError::new(ReplyCode::AccessRefused, text).on(10, 11))
+            Err(ConnectionError::new(ReplyCode::AccessRefused, text))
         } else {
             info!(text, "login refused, closing the socket");
             self.phase = Phase::Done;

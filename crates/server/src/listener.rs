@@ -17,6 +17,9 @@ use crate::connection;
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The data folder could not be opened.
+    #[error("cannot open the data folder: {0}")]
+    Store(#[from] warren_store::StoreError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -41,7 +44,7 @@ pub struct RunningBroker {
 /// Binds every configured listener and starts accepting connections.
 pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     let config = Arc::new(config);
-    let broker = Arc::new(Broker::new(Arc::clone(&config)));
+    let broker = Arc::new(Broker::new(Arc::clone(&config))?);
     let (shutdown_tx, _) = watch::channel(false);
     let max_connections = u32::try_from(config.limits.max_connections.min(Semaphore::MAX_PERMITS))
         .unwrap_or(u32::MAX);
@@ -155,6 +158,7 @@ impl RunningBroker {
         if all.is_err() {
             warn!("some connections did not close in time");
         }
+        self.broker.close_store();
     }
 }
 

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use warren_codec::{FieldTable, ShortString};
-use warren_store::{Delivery, Message};
+use warren_store::{Delivery, Lsn, Message};
 
 use crate::memory::MemoryMonitor;
 
@@ -125,6 +125,9 @@ pub struct Consumer {
     pub channel: Arc<ChannelShared>,
     /// The queue consumed from.
     pub queue: Arc<QueueEntity>,
+    /// `x-priority`: consumers of a higher priority get messages while they have credit;
+    /// round-robin among equals (0 when not given, as in RabbitMQ).
+    pub priority: i64,
 }
 
 impl Consumer {
@@ -185,6 +188,8 @@ pub struct QueueEntity {
     pub arguments: FieldTable,
     /// Messages and consumers.
     inner: Mutex<QueueInner>,
+    /// `x-max-length`, `x-max-length-bytes` and `x-overflow`, read once at declare.
+    limits: LengthLimits,
     /// Set once the queue is deleted; late publishes and requeues are dropped.
     deleted: AtomicBool,
     /// The broker-wide memory account.
@@ -202,6 +207,52 @@ struct QueueInner {
     had_consumer: bool,
 }
 
+/// What became of a message pushed to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Queued; `Some` when written to the durable log (confirm after that position syncs).
+    Queued(Option<Lsn>),
+    /// Refused: the queue is full and its overflow is `reject-publish` (the confirm is a nack).
+    Rejected,
+}
+
+/// A queue's length limits (RabbitMQ's `x-max-length`, `x-max-length-bytes`, `x-overflow`).
+#[derive(Debug, Clone, Copy, Default)]
+struct LengthLimits {
+    max_length: Option<u64>,
+    max_length_bytes: Option<u64>,
+    /// `reject-publish` (or `reject-publish-dlx`): refuse new messages instead of dropping the
+    /// oldest.
+    reject_publish: bool,
+}
+
+impl LengthLimits {
+    fn from_arguments(arguments: &FieldTable) -> Self {
+        use warren_codec::FieldValue;
+        let int = |name: &[u8]| -> Option<u64> {
+            match arguments.get(name)? {
+                FieldValue::I8(v) => u64::try_from(*v).ok(),
+                FieldValue::U8(v) => Some(u64::from(*v)),
+                FieldValue::I16(v) => u64::try_from(*v).ok(),
+                FieldValue::U16(v) => Some(u64::from(*v)),
+                FieldValue::I32(v) => u64::try_from(*v).ok(),
+                FieldValue::U32(v) => Some(u64::from(*v)),
+                FieldValue::I64(v) => u64::try_from(*v).ok(),
+                _ => None,
+            }
+        };
+        let reject_publish = matches!(
+            arguments.get(b"x-overflow"),
+            Some(FieldValue::LongString(v)) if v.starts_with(b"reject-publish")
+        );
+        LengthLimits {
+            max_length: int(b"x-max-length"),
+            max_length_bytes: int(b"x-max-length-bytes"),
+            reject_publish,
+        }
+    }
+}
+
 /// Why a consumer could not be attached.
 pub enum AttachError {
     /// The queue has an exclusive consumer, or an exclusive one was asked for a used queue.
@@ -211,7 +262,9 @@ pub enum AttachError {
 }
 
 impl QueueEntity {
-    /// A new, empty queue.
+    /// A queue holding `messages`: a new transient `warren_store::Queue`, one from the durable
+    /// store (`Store::declare_queue`), or one recovered at start-up.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: ShortString,
         vhost: Arc<str>,
@@ -220,8 +273,15 @@ impl QueueEntity {
         exclusive_owner: Option<u64>,
         arguments: FieldTable,
         memory: Arc<MemoryMonitor>,
+        messages: warren_store::Queue,
     ) -> Self {
+        memory.add(
+            usize::try_from(messages.ready_bytes() + messages.unacked_bytes())
+                .unwrap_or(usize::MAX),
+        );
+        let limits = LengthLimits::from_arguments(&arguments);
         QueueEntity {
+            limits,
             name,
             vhost,
             durable,
@@ -229,7 +289,7 @@ impl QueueEntity {
             exclusive_owner,
             arguments,
             inner: Mutex::new(QueueInner {
-                messages: warren_store::Queue::new(),
+                messages,
                 consumers: Vec::new(),
                 next_consumer: 0,
                 had_consumer: false,
@@ -244,15 +304,53 @@ impl QueueEntity {
         self.deleted.load(Ordering::Acquire)
     }
 
-    /// Appends a published message and hands out whatever the consumers can take.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+    /// Appends a published message and hands out whatever the consumers can take. Returns the
+    /// log position to wait for before confirming, when the message was written to disk.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Published {
         if self.is_deleted() {
-            return;
+            return Published::Queued(None);
         }
-        self.memory.add(message.body.len());
         let mut inner = self.inner.lock();
-        inner.messages.push(message);
+        let body_len = message.body.len();
+        let limits = &self.limits;
+        let full = limits
+            .max_length
+            .is_some_and(|max| inner.messages.ready_count() as u64 >= max)
+            || limits
+                .max_length_bytes
+                .is_some_and(|max| inner.messages.ready_bytes() + body_len as u64 > max);
+        if full && limits.reject_publish {
+            return Published::Rejected;
+        }
+        self.memory.add(body_len);
+        let pushed = inner.messages.push(message);
+        if full {
+            // drop-head (RabbitMQ's default overflow): the oldest ready messages make room.
+            while limits
+                .max_length
+                .is_some_and(|max| inner.messages.ready_count() as u64 > max)
+                || limits
+                    .max_length_bytes
+                    .is_some_and(|max| inner.messages.ready_bytes() > max)
+            {
+                match inner.messages.pop_no_ack() {
+                    Some(dropped) => self.memory.sub(dropped.message.body.len()),
+                    None => break,
+                }
+            }
+        }
         self.dispatch_locked(&mut inner);
+        Published::Queued(pushed.lsn)
+    }
+
+    /// Takes the messages out (the queue is being deleted), for `Store::delete_queue`.
+    pub fn take_messages(&self) -> warren_store::Queue {
+        let messages = std::mem::take(&mut self.inner.lock().messages);
+        self.memory.sub(
+            usize::try_from(messages.ready_bytes() + messages.unacked_bytes())
+                .unwrap_or(usize::MAX),
+        );
+        messages
     }
 
     /// Hands ready messages to consumers with credit, round-robin.
@@ -267,20 +365,9 @@ impl QueueEntity {
             return;
         }
         while inner.messages.ready_count() > 0 {
-            let start = inner.next_consumer % n_consumers;
-            let mut chosen = None;
-            for i in 0..n_consumers {
-                let idx = (start + i) % n_consumers;
-                if inner
-                    .consumers
-                    .get(idx)
-                    .is_some_and(|c| c.try_take_credit())
-                {
-                    chosen = Some(idx);
-                    break;
-                }
-            }
-            let Some(idx) = chosen else { break };
+            let Some(idx) = choose_consumer(&inner.consumers, inner.next_consumer) else {
+                break;
+            };
             let Some(consumer) = inner.consumers.get(idx).cloned() else {
                 break;
             };
@@ -346,7 +433,7 @@ impl QueueEntity {
     /// Puts back a no-ack message that was dispatched but never sent (its consumer went away
     /// before the connection encoded it). It goes to the tail: the store has forgotten its place.
     pub fn return_unsent(self: &Arc<Self>, message: Arc<Message>) {
-        self.publish(message);
+        let _ = self.publish(message);
     }
 
     /// Attaches a consumer, then dispatches to it.
@@ -360,7 +447,13 @@ impl QueueEntity {
         {
             return Err(AttachError::ExclusiveInUse);
         }
-        inner.consumers.push(consumer);
+        // Sorted by priority, highest first; a new consumer goes after its equals.
+        let at = inner
+            .consumers
+            .iter()
+            .position(|c| c.priority < consumer.priority)
+            .unwrap_or(inner.consumers.len());
+        inner.consumers.insert(at, consumer);
         inner.had_consumer = true;
         self.dispatch_locked(&mut inner);
         Ok(())
@@ -425,6 +518,35 @@ impl QueueEntity {
         }
         n_ready
     }
+}
+
+/// The consumer the next message goes to: the first priority level (highest first) with a
+/// consumer that has credit, round-robin inside the level from `next`. Takes the credit.
+fn choose_consumer(consumers: &[Arc<Consumer>], next: usize) -> Option<usize> {
+    let mut lo = 0;
+    while let Some(first) = consumers.get(lo) {
+        let level = first.priority;
+        let len = consumers
+            .get(lo..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|c| c.priority == level)
+            .count();
+        let hi = lo + len;
+        let start = if (lo..hi).contains(&next) {
+            next - lo
+        } else {
+            0
+        };
+        for i in 0..len {
+            let idx = lo + (start + i) % len;
+            if consumers.get(idx).is_some_and(|c| c.try_take_credit()) {
+                return Some(idx);
+            }
+        }
+        lo = hi;
+    }
+    None
 }
 
 /// A unique name with RabbitMQ's shape: `amq.gen-` or `amq.ctag-` followed by 22 characters of

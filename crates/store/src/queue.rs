@@ -6,7 +6,8 @@
 //!
 //! Layout, chosen for the hot path (push, pop, ack):
 //! - `fresh`: messages never delivered, in a `VecDeque`. Pushes append, pops take the front:
-//!   O(1), no allocation in steady state.
+//!   O(1), no allocation in steady state. On a durable queue an entry's body may be *paged out*:
+//!   only its position in the log is kept, and it is read back when it reaches the front.
 //! - `requeued`: messages delivered once and put back, in a `BTreeMap` by offset. A popped message
 //!   always has a smaller offset than every message still in `fresh` (offsets grow and `fresh` is
 //!   popped from the front), so every requeued message sorts before all of `fresh`: pop takes
@@ -18,10 +19,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use crate::journal::{Journal, Log, Recovered};
 use crate::message::Message;
 
 /// A position in the durable log. A push or ack that returned an `Lsn` is on stable storage once
-/// the durable store's sync has returned an `Lsn` at least as large.
+/// [`crate::Store::sync`] has returned an `Lsn` at least as large.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Lsn(pub u64);
 
@@ -57,6 +59,31 @@ struct Entry {
     message: Arc<Message>,
     /// Delivered before (requeued), or recovered from disk with that flag.
     redelivered: bool,
+    /// End of the message's publish record in the durable log; 0 when it was not logged.
+    lsn: u64,
+}
+
+/// A ready message never delivered; its content may be paged out to the durable log.
+#[derive(Debug, Clone)]
+struct Ready {
+    /// Position in the queue.
+    offset: u64,
+    /// The message, or `None` when only the log holds it (paged out, or left on disk at
+    /// recovery).
+    message: Option<Arc<Message>>,
+    /// Its body length, kept for the byte counts while it is paged out.
+    body_len: u64,
+    /// Recovered from disk flagged redelivered.
+    redelivered: bool,
+    /// End of its publish record in the durable log; 0 when it was not logged.
+    lsn: u64,
+    /// Length of that record, to read it back.
+    record_len: u32,
+    /// End of its record in the spill log when its body was spilled there (a message without a
+    /// durable record); 0 otherwise.
+    spill_lsn: u64,
+    /// Length of that record.
+    spill_len: u32,
 }
 
 /// A hasher for offsets: they are already well spread (consecutive integers), so one multiply is
@@ -86,12 +113,12 @@ pub(crate) type OffsetMap<V> = HashMap<u64, V, BuildHasherDefault<OffsetHasher>>
 
 /// A queue's messages. Synchronous and single-owner: the broker keeps each queue behind its own
 /// lock. A transient queue ([`Queue::new`]) keeps everything in memory; a durable one (from the
-/// durable store, landing next) also logs persistent messages, acks and deliveries to disk. Both
+/// durable [`crate::Store`]) also logs persistent messages, acks and deliveries to disk. Both
 /// have this one interface, so the broker's code does not care which it holds.
 #[derive(Debug, Default)]
 pub struct Queue {
     /// Ready messages never delivered, in offset order.
-    fresh: VecDeque<Entry>,
+    fresh: VecDeque<Ready>,
     /// Ready messages that were delivered and put back, by offset; all sort before `fresh`.
     requeued: BTreeMap<u64, Entry>,
     /// Delivered messages waiting for an ack, by offset.
@@ -102,6 +129,12 @@ pub struct Queue {
     ready_bytes: u64,
     /// Sum of the body lengths of unacked messages.
     unacked_bytes: u64,
+    /// Where persistent messages are logged; `None` for a transient queue.
+    journal: Option<Journal>,
+    /// How many entries of `fresh` are paged out.
+    paged: usize,
+    /// Where bodies without a durable record go under memory pressure; `None` without a store.
+    spill: Option<Arc<Log>>,
 }
 
 impl Queue {
@@ -110,9 +143,57 @@ impl Queue {
         Queue::default()
     }
 
+    /// A durable queue logging to `journal`, holding the messages recovered for it (in offset
+    /// order); its offsets continue after `next_offset`.
+    pub(crate) fn with_journal(
+        journal: Journal,
+        recovered: Vec<Recovered>,
+        next_offset: u64,
+    ) -> Queue {
+        let mut queue = Queue::default();
+        queue.journal = Some(journal);
+        queue.next_offset = next_offset;
+        for recovered in recovered {
+            queue.ready_bytes += recovered.body_len;
+            queue.next_offset = queue.next_offset.max(recovered.offset + 1);
+            if recovered.message.is_none() {
+                queue.paged += 1;
+            }
+            queue.fresh.push_back(Ready {
+                offset: recovered.offset,
+                message: recovered.message,
+                body_len: recovered.body_len,
+                redelivered: recovered.redelivered,
+                lsn: recovered.lsn,
+                record_len: recovered.record_len,
+                spill_lsn: 0,
+                spill_len: 0,
+            });
+        }
+        queue
+    }
+
+    /// Takes the journal out (queue deletion): every logged message stops counting in the log.
+    pub(crate) fn detach(&mut self) -> Option<Journal> {
+        self.release_spilled();
+        let journal = self.journal.take()?;
+        let lsns = self
+            .requeued
+            .values()
+            .chain(self.unacked.values())
+            .map(|entry| entry.lsn)
+            .chain(self.fresh.iter().map(|ready| ready.lsn));
+        for lsn in lsns {
+            if lsn != 0 {
+                journal.forget(lsn);
+            }
+        }
+        Some(journal)
+    }
+
     /// Whether this queue logs persistent messages to disk.
     pub fn is_durable(&self) -> bool {
-        false
+        self.journal.is_some()
     }
 
     /// Appends a message at the tail. On a durable queue a persistent message is also written to
@@ -120,12 +201,24 @@ impl Queue {
     pub fn push(&mut self, message: Arc<Message>) -> Pushed {
         let offset = self.next_offset;
         self.next_offset += 1;
-        let lsn = None;
-        self.ready_bytes += message.body_len();
-        self.fresh.push_back(Entry {
+        let (lsn, record_len) = match &self.journal {
+            Some(journal) if message.persistent => {
+                let (lsn, record_len) = journal.publish(offset, &message, false);
+                (Some(lsn), record_len)
+            }
+            _ => (None, 0),
+        };
+        let body_len = message.body_len();
+        self.ready_bytes += body_len;
+        self.fresh.push_back(Ready {
             offset,
-            message,
+            message: Some(message),
+            body_len,
             redelivered: false,
+            lsn: lsn.map_or(0, |lsn| lsn.0),
+            record_len,
+            spill_lsn: 0,
+            spill_len: 0,
         });
         Pushed { offset, lsn }
     }
@@ -134,6 +227,13 @@ impl Queue {
     /// [`Queue::requeue`]. `None` when no message is ready.
     pub fn pop(&mut self) -> Option<Delivery> {
         let entry = self.take_first_ready()?;
+        if let Some(journal) = &self.journal
+            && entry.lsn != 0
+            && !entry.redelivered
+        {
+            // Only a first delivery needs a record: a redelivered message is already flagged.
+            journal.deliver(entry.offset, entry.lsn);
+        }
         let delivery = Delivery {
             offset: entry.offset,
             message: Arc::clone(&entry.message),
@@ -148,6 +248,11 @@ impl Queue {
     /// it is not tracked as unacked, and a durable queue logs it as acked.
     pub fn pop_no_ack(&mut self) -> Option<Delivery> {
         let entry = self.take_first_ready()?;
+        if let Some(journal) = &self.journal
+            && entry.lsn != 0
+        {
+            journal.ack(entry.offset, entry.lsn);
+        }
         Some(Delivery {
             offset: entry.offset,
             message: entry.message,
@@ -160,6 +265,11 @@ impl Queue {
     pub fn ack(&mut self, offset: u64) -> Option<Arc<Message>> {
         let entry = self.unacked.remove(&offset)?;
         self.unacked_bytes -= entry.message.body_len();
+        if let Some(journal) = &self.journal
+            && entry.lsn != 0
+        {
+            journal.ack(offset, entry.lsn);
+        }
         Some(entry.message)
     }
 
@@ -177,11 +287,53 @@ impl Queue {
         true
     }
 
+    /// Puts back a message taken with [`Queue::pop_no_ack`] that never reached the client (its
+    /// consumer went away before the delivery was sent): it returns to its original position with
+    /// its `redelivered` flag unchanged. A durable queue logs it again, since `pop_no_ack` logged
+    /// it as acked.
+    pub fn restore(&mut self, delivery: Delivery) {
+        let lsn = match &self.journal {
+            Some(journal) if delivery.message.persistent => {
+                // The record carries the flag itself: a separate delivery record could be lost
+                // while the publish survives.
+                (journal
+                    .publish(delivery.offset, &delivery.message, delivery.redelivered)
+                    .0)
+                    .0
+            }
+            _ => 0,
+        };
+        self.ready_bytes += delivery.message.body_len();
+        // A popped offset is below every message still in `fresh`, so it belongs in `requeued`.
+        self.requeued.insert(
+            delivery.offset,
+            Entry {
+                offset: delivery.offset,
+                message: delivery.message,
+                redelivered: delivery.redelivered,
+                lsn,
+            },
+        );
+    }
+
     /// Drops every ready message (`queue.purge`); unacked ones stay. Returns how many were dropped.
     pub fn purge(&mut self) -> u64 {
         let count = self.ready_count();
-        self.requeued.clear();
-        self.fresh.clear();
+        self.release_spilled();
+        let requeued = std::mem::take(&mut self.requeued);
+        let fresh = std::mem::take(&mut self.fresh);
+        self.paged = 0;
+        if let Some(journal) = &self.journal {
+            let logged = requeued
+                .values()
+                .map(|entry| (entry.offset, entry.lsn))
+                .chain(fresh.iter().map(|ready| (ready.offset, ready.lsn)));
+            for (offset, lsn) in logged {
+                if lsn != 0 {
+                    journal.ack(offset, lsn);
+                }
+            }
+        }
         self.ready_bytes = 0;
         count as u64
     }
@@ -211,24 +363,221 @@ impl Queue {
         self.ready_count() == 0 && self.unacked.is_empty()
     }
 
-    /// The first ready message, without taking it.
-    pub fn peek(&self) -> Option<(&Arc<Message>, bool)> {
-        match self.requeued.first_key_value() {
-            Some((_, entry)) => Some((&entry.message, entry.redelivered)),
-            None => self
-                .fresh
-                .front()
-                .map(|entry| (&entry.message, entry.redelivered)),
+    /// The unacked messages, in no particular order (for `basic.recover`, metrics and tests).
+    pub fn unacked(&self) -> impl Iterator<Item = Delivery> + '_ {
+        self.unacked.values().map(|entry| Delivery {
+            offset: entry.offset,
+            message: Arc::clone(&entry.message),
+            redelivered: entry.redelivered,
+        })
+    }
+
+    /// The first ready message, without taking it (read back from disk if it was paged out).
+    pub fn peek(&mut self) -> Option<(Arc<Message>, bool)> {
+        if let Some((_, entry)) = self.requeued.first_key_value() {
+            return Some((Arc::clone(&entry.message), entry.redelivered));
+        }
+        self.page_in(1);
+        let ready = self.fresh.front()?;
+        Some((Arc::clone(ready.message.as_ref()?), ready.redelivered))
+    }
+
+    /// Number of ready messages whose body is only on disk.
+    pub fn paged_count(&self) -> usize {
+        self.paged
+    }
+
+    /// Drops from memory the bodies of ready messages past the first `keep_resident` that no
+    /// other queue shares. A body the durable log already holds (persistent, synced) is simply
+    /// dropped; any other goes to the store's spill log (written, never synced, wiped at start),
+    /// if the queue came from a [`crate::Store`]. They are read back when they reach the front.
+    /// Returns the bytes of memory released. The broker calls it on its longest queues when over
+    /// its memory budget. O(length of the queue).
+    pub fn page_out(&mut self, keep_resident: usize) -> usize {
+        let synced = self.journal.as_ref().map_or(0, Journal::synced);
+        let mut released = 0;
+        let mut spilled = Vec::new();
+        for (index, ready) in self.fresh.iter_mut().enumerate().skip(keep_resident) {
+            let Some(message) = &ready.message else {
+                continue;
+            };
+            if Arc::strong_count(message) != 1 {
+                continue;
+            }
+            if ready.lsn != 0 && ready.lsn <= synced {
+                released += message.memory_size();
+                ready.message = None;
+                self.paged += 1;
+            } else if ready.lsn == 0
+                && let Some(spill) = &self.spill
+            {
+                let (lsn, len) = spill.publish(0, ready.offset, message, ready.redelivered);
+                ready.spill_lsn = lsn.0;
+                ready.spill_len = len;
+                spilled.push(index);
+            }
+        }
+        let Some(spill) = &self.spill else {
+            return released;
+        };
+        if spilled.is_empty() {
+            return released;
+        }
+        match spill.sync() {
+            Ok(_) => {
+                for index in spilled {
+                    if let Some(ready) = self.fresh.get_mut(index)
+                        && let Some(message) = ready.message.take()
+                    {
+                        released += message.memory_size();
+                        self.paged += 1;
+                    }
+                }
+            }
+            Err(failed) => {
+                // Keep them in memory; the spill records are dead.
+                tracing::warn!(error = %failed.error, "cannot spill message bodies to disk");
+                for index in spilled {
+                    if let Some(ready) = self.fresh.get_mut(index) {
+                        spill.forget(ready.spill_lsn);
+                        ready.spill_lsn = 0;
+                    }
+                }
+            }
+        }
+        released
+    }
+
+    /// Reads back the bodies of up to `count` paged-out messages at the front, so that delivering
+    /// them does not wait for the disk (a prefetch; the broker may run it on a blocking thread).
+    /// Returns how many were loaded. A record that cannot be read stays paged: the delivery
+    /// reports it.
+    pub fn page_in(&mut self, count: usize) -> usize {
+        if self.paged == 0 {
+            return 0;
+        }
+        let mut loaded = 0;
+        for index in 0..count.min(self.fresh.len()) {
+            let Some(ready) = self.fresh.get(index) else {
+                break;
+            };
+            if ready.message.is_some() {
+                continue;
+            }
+            match self.read_back(index) {
+                Ok(message) => {
+                    if let Some(ready) = self.fresh.get_mut(index) {
+                        ready.message = Some(message);
+                    }
+                    self.paged -= 1;
+                    loaded += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        loaded
+    }
+
+    /// Reads back the body of `fresh[index]` (paged out), from the spill log or the durable log.
+    fn read_back(&mut self, index: usize) -> Result<Arc<Message>, crate::StoreError> {
+        let ready = self
+            .fresh
+            .get(index)
+            .cloned()
+            .ok_or(crate::StoreError::Corrupt {
+                file: "queue".to_owned(),
+                offset: index as u64,
+                reason: "no such entry".to_owned(),
+            })?;
+        let message = self.read_ready(&ready)?;
+        if let Some(ready) = self.fresh.get_mut(index) {
+            ready.spill_lsn = 0;
+        }
+        Ok(message)
+    }
+
+    /// Reads a paged-out body; a spilled one's spill record is released.
+    fn read_ready(&self, ready: &Ready) -> Result<Arc<Message>, crate::StoreError> {
+        if ready.spill_lsn != 0 {
+            let spill = self.spill.as_ref().ok_or(crate::StoreError::Corrupt {
+                file: "spill".to_owned(),
+                offset: ready.spill_lsn,
+                reason: "spilled without a spill log".to_owned(),
+            })?;
+            let read = spill.read_publish(ready.spill_lsn, ready.spill_len);
+            spill.forget(ready.spill_lsn);
+            return read.map(Arc::new);
+        }
+        let journal = self.journal.as_ref().ok_or(crate::StoreError::Corrupt {
+            file: "log".to_owned(),
+            offset: ready.lsn,
+            reason: "paged out without a log".to_owned(),
+        })?;
+        journal.read(ready.lsn, ready.record_len).map(Arc::new)
+    }
+
+    /// Forgets every spilled body (purge, delete): their spill records are dead.
+    fn release_spilled(&mut self) {
+        if let Some(spill) = &self.spill {
+            for ready in &mut self.fresh {
+                if ready.spill_lsn != 0 {
+                    spill.forget(ready.spill_lsn);
+                    ready.spill_lsn = 0;
+                }
+            }
         }
     }
 
+    /// Gives the queue a spill log for bodies under memory pressure.
+    pub(crate) fn with_spill(mut self, spill: Arc<Log>) -> Queue {
+        self.spill = Some(spill);
+        self
+    }
+
     fn take_first_ready(&mut self) -> Option<Entry> {
-        let entry = match self.requeued.pop_first() {
-            Some((_, entry)) => entry,
-            None => self.fresh.pop_front()?,
-        };
-        self.ready_bytes -= entry.message.body_len();
-        Some(entry)
+        if let Some((_, entry)) = self.requeued.pop_first() {
+            self.ready_bytes -= entry.message.body_len();
+            return Some(entry);
+        }
+        loop {
+            let ready = self.fresh.pop_front()?;
+            self.ready_bytes -= ready.body_len;
+            let message = match ready.message {
+                Some(message) => message,
+                None => {
+                    self.paged -= 1;
+                    match self.read_ready(&ready) {
+                        Ok(message) => message,
+                        Err(error) => {
+                            // The disk lost it: say so, and drop it for good rather than
+                            // failing every delivery after it.
+                            tracing::error!(%error, offset = ready.offset,
+                                "a paged-out message cannot be read back and is dropped");
+                            if let Some(journal) = &self.journal
+                                && ready.lsn != 0
+                            {
+                                journal.ack(ready.offset, ready.lsn);
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            return Some(Entry {
+                offset: ready.offset,
+                message,
+                redelivered: ready.redelivered,
+                lsn: ready.lsn,
+            });
+        }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // Spilled bodies die with their queue. (Logged ones do not: a durable queue dropped at
+        // shutdown keeps its messages; deleting it goes through `Store::delete_queue`.)
+        self.release_spilled();
     }
 }
 
@@ -333,6 +682,30 @@ mod tests {
     }
 
     #[test]
+    fn restore_puts_an_unsent_no_ack_message_back_in_place() {
+        let mut queue = Queue::new();
+        for text in ["a", "b", "c"] {
+            queue.push(message(text));
+        }
+        let a = queue.pop_no_ack().unwrap();
+        let b = queue.pop_no_ack().unwrap();
+        queue.restore(b);
+        queue.restore(a);
+        assert_eq!(queue.ready_bytes(), 3);
+        let order: Vec<_> = std::iter::from_fn(|| queue.pop_no_ack())
+            .map(|d| (body(&d).to_vec(), d.redelivered))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (b"a".to_vec(), false),
+                (b"b".to_vec(), false),
+                (b"c".to_vec(), false)
+            ]
+        );
+    }
+
+    #[test]
     fn purge_drops_ready_and_keeps_unacked() {
         let mut queue = Queue::new();
         for text in ["a", "bb", "ccc", "dddd"] {
@@ -366,6 +739,11 @@ mod tests {
         assert_eq!(queue.unacked_bytes(), 0);
         let (peeked, redelivered) = queue.peek().unwrap();
         assert_eq!((&peeked.body[..], redelivered), (&b"12345"[..], true));
+        assert_eq!(
+            queue.page_out(0),
+            0,
+            "a transient queue keeps everything in memory"
+        );
     }
 
     #[test]

@@ -1,0 +1,1175 @@
+//! The message log: append-only segments of checksummed publish, deliver and ack records, group
+//! commit, recovery and reclamation of segments whose messages are all acked.
+//!
+//! One log serves every durable queue of the store, so one `fdatasync` covers the records of all
+//! queues written since the previous one (group commit). Positions in the log are [`Lsn`]s:
+//! `segment number << 40 | byte position in the segment`, growing with every append, so "this
+//! record is durable" is "the synced `Lsn` is at least the record's end".
+//!
+//! Reclamation. Each segment counts its *live* publish records (not yet acked). A segment with
+//! none left can go, but its ack records may still matter: an ack for a message published in an
+//! older segment that is still on disk (pinned by some other live message) must survive, or that
+//! message would come back at the next recovery. So before deleting such a segment, its acks and
+//! delivery records that point at surviving segments are appended again at the log's end (they are
+//! few: only stragglers pin a segment) and synced. Deletions go oldest first, each followed by a
+//! directory sync, so a crash cannot undo an older deletion while keeping a newer one.
+//!
+//! Failures. Bytes appended stay in memory until an fsync covers them. A failed write or fsync
+//! (disk full, I/O error; after which the kernel may have dropped the dirty pages) fails that
+//! sync, so its confirms are nacked, and the next sync writes the same bytes again at the same
+//! place before its fsync: no record is dropped or moved, every `Lsn` stays valid, and the log
+//! carries on once the disk accepts writes. Recovery stops reading a segment at its first bad
+//! record.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+use warren_codec::ShortString;
+
+use crate::backend::{Backend, FileHandle};
+use crate::error::StoreError;
+use crate::message::Message;
+use crate::queue::{Lsn, OffsetMap};
+use crate::record::{self, Fields, Next};
+
+/// Marks a file as a Warren log segment.
+const SEGMENT_MAGIC: &[u8; 8] = b"WRNSEG\r\n";
+/// The segment format this build writes and reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Magic, format version, reserved word, segment number.
+pub(crate) const SEGMENT_HEADER_LEN: u64 = 24;
+/// An `Lsn` keeps the byte position in its low 40 bits (segments are far below 1 TiB).
+const SEGMENT_SHIFT: u32 = 40;
+
+/// Record kinds (the payload's first byte).
+const KIND_PUBLISH: u8 = 1;
+const KIND_ACK: u8 = 2;
+const KIND_DELIVER: u8 = 3;
+
+/// Publish record flags.
+const FLAG_PRIORITY: u8 = 1;
+const FLAG_EXPIRES: u8 = 2;
+/// The message was delivered before this record was written (a restored no-ack delivery).
+const FLAG_DELIVERED: u8 = 4;
+/// The message is not persistent (only in the spill log, which holds transient messages too).
+const FLAG_TRANSIENT: u8 = 8;
+
+/// Tunables of the durable store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// A new segment is started when the current one would grow past this many bytes.
+    /// Smaller segments are reclaimed sooner; larger ones mean fewer files. Default 64 MiB.
+    pub segment_size: u64,
+    /// Appended records are written to the file once this many bytes are buffered (and at every
+    /// sync). Default 256 KiB.
+    pub flush_at: usize,
+    /// At most this many messages per queue are loaded into memory at recovery; the bodies of
+    /// the rest stay on disk and are read back when delivered (or by [`crate::Queue::page_in`]).
+    /// Default 100 000.
+    pub recovery_resident_per_queue: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            segment_size: 64 << 20,
+            flush_at: 256 << 10,
+            recovery_resident_per_queue: 100_000,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The same options with another recovery residency limit per queue.
+    pub fn with_recovery_resident_per_queue(mut self, messages: usize) -> StoreOptions {
+        self.recovery_resident_per_queue = messages;
+        self
+    }
+
+    /// The same options with another segment size (at least 4 KiB).
+    pub fn with_segment_size(mut self, segment_size: u64) -> StoreOptions {
+        self.segment_size = segment_size.max(4096);
+        self
+    }
+}
+
+pub(crate) fn segment_name(number: u64) -> String {
+    format!("{number:016x}.seg")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".seg")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn make_lsn(segment: u64, position: u64) -> u64 {
+    (segment << SEGMENT_SHIFT) | position
+}
+
+fn segment_of(lsn: u64) -> u64 {
+    lsn >> SEGMENT_SHIFT
+}
+
+/// Why a sync did not make everything durable. Every record appended before the failed sync,
+/// up to `upto`, may be lost: the broker nacks the confirms waiting on them.
+#[derive(Debug, thiserror::Error)]
+#[error("sync failed (records up to {upto:?} may be lost): {error}")]
+pub struct SyncFailed {
+    /// Confirms waiting for an `Lsn` up to this one cannot be sent: nack them.
+    pub upto: Lsn,
+    /// What went wrong.
+    #[source]
+    pub error: StoreError,
+}
+
+/// What the log knows about one segment file.
+#[derive(Debug)]
+struct SegmentState {
+    /// Publish records in it whose message is still in its queue.
+    live: u64,
+    /// Older segments holding publishes that this segment's acks and delivery records refer to.
+    targets: BTreeSet<u64>,
+    /// Bytes in the file.
+    len: u64,
+}
+
+/// The bytes of one segment that are not known to be durable yet. They stay in memory until an
+/// fsync covers them, so that after a failed write or fsync (when the kernel may have dropped
+/// dirty pages) the next sync writes them again at the same place: no record is ever dropped or
+/// moved, and every `Lsn` handed out stays valid.
+struct Tail {
+    /// The segment's number.
+    number: u64,
+    /// Its file.
+    file: Arc<dyn FileHandle>,
+    /// File offset of `bytes[0]`; everything before it is synced.
+    start: u64,
+    /// Appended bytes from `start` on.
+    bytes: Vec<u8>,
+    /// How many of `bytes` were written to the file (0 again after a failed fsync).
+    written: usize,
+}
+
+impl Tail {
+    fn new(number: u64, file: Arc<dyn FileHandle>) -> Tail {
+        let mut bytes = Vec::new();
+        write_segment_header(&mut bytes, number);
+        Tail {
+            number,
+            file,
+            start: 0,
+            bytes,
+            written: 0,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+
+    /// Writes what the file does not have yet.
+    fn write(&mut self) -> std::io::Result<()> {
+        if let Some(unwritten) = self.bytes.get(self.written..)
+            && !unwritten.is_empty()
+        {
+            self.file
+                .write_all_at(unwritten, self.start + self.written as u64)?;
+            self.written = self.bytes.len();
+        }
+        Ok(())
+    }
+
+    /// The first `len` bytes are durable: forget them.
+    fn synced(&mut self, len: usize) {
+        let len = len.min(self.bytes.len());
+        self.bytes.drain(..len);
+        self.start += len as u64;
+        self.written = self.written.saturating_sub(len);
+    }
+}
+
+/// The appending side, behind one lock held only to copy a record into the buffer.
+struct Writer {
+    /// The segment being appended to.
+    current: Tail,
+    /// Older segments with bytes not synced yet.
+    sealed: Vec<Tail>,
+    /// Every segment on disk, the current one included.
+    segments: BTreeMap<u64, SegmentState>,
+    /// A segment file was created since the last directory sync.
+    dir_dirty: bool,
+    /// A write, fsync or segment creation failed; the next sync reports it.
+    failed: Option<StoreError>,
+    /// The largest `Lsn` handed out; a failed sync covers everything up to it.
+    handed_out: u64,
+    /// A thread waits in `wait_and_sync` for records to arrive.
+    sync_waiting: bool,
+    /// Length of the last record appended, header included.
+    last_record_len: u32,
+}
+
+impl Writer {
+    fn end_lsn(&self) -> u64 {
+        make_lsn(self.current.number, self.current.end())
+    }
+
+    /// Writes the current segment's unwritten bytes to its file.
+    fn flush(&mut self) {
+        if let Err(error) = self.current.write() {
+            tracing::error!(%error, segment = self.current.number, "write to the message log failed");
+            // A partial write is overwritten by the retry, from the same bytes.
+            self.failed = Some(StoreError::Io {
+                file: segment_name(self.current.number),
+                source: error,
+            });
+        }
+    }
+
+    /// Seals the current segment and starts the next one.
+    fn roll(&mut self, backend: &dyn Backend) {
+        let next = self.current.number + 1;
+        let name = segment_name(next);
+        match backend.open(&name, true) {
+            Ok(file) => {
+                let sealed = std::mem::replace(&mut self.current, Tail::new(next, file));
+                if let Some(state) = self.segments.get_mut(&sealed.number) {
+                    state.len = sealed.end();
+                }
+                if !sealed.bytes.is_empty() {
+                    self.sealed.push(sealed);
+                }
+                self.dir_dirty = true;
+                self.segments.insert(
+                    next,
+                    SegmentState {
+                        live: 0,
+                        targets: BTreeSet::new(),
+                        len: 0,
+                    },
+                );
+            }
+            Err(error) => {
+                // Keep appending to the current segment; the next append past the size retries.
+                tracing::error!(%error, file = %name, "cannot create a log segment");
+                self.failed = Some(StoreError::Io {
+                    file: name,
+                    source: error,
+                });
+            }
+        }
+    }
+
+    /// Appends one record built by `encode`; returns the `Lsn` of its end.
+    fn append(
+        &mut self,
+        backend: &dyn Backend,
+        options: &StoreOptions,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> u64 {
+        let mark = record::begin(&mut self.current.bytes);
+        encode(&mut self.current.bytes);
+        record::finish(&mut self.current.bytes, mark);
+        let record_len = (self.current.bytes.len() - mark) as u64;
+        self.last_record_len = u32::try_from(record_len).unwrap_or(u32::MAX);
+        let start = self.current.start + mark as u64;
+        if start + record_len > options.segment_size && start > SEGMENT_HEADER_LEN {
+            let record = self.current.bytes.split_off(mark);
+            self.roll(backend);
+            self.current.bytes.extend_from_slice(&record);
+        }
+        let end = self.end_lsn();
+        if self.current.bytes.len() - self.current.written >= options.flush_at {
+            self.flush();
+        }
+        self.handed_out = self.handed_out.max(end);
+        end
+    }
+}
+
+fn write_segment_header(buffer: &mut Vec<u8>, number: u64) {
+    buffer.extend_from_slice(SEGMENT_MAGIC);
+    buffer.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    buffer.extend_from_slice(&0u32.to_le_bytes());
+    buffer.extend_from_slice(&number.to_le_bytes());
+}
+
+/// The shared message log. Queues append through [`Journal`]; the broker's sync thread calls
+/// [`Log::sync`].
+pub(crate) struct Log {
+    backend: Arc<dyn Backend>,
+    options: StoreOptions,
+    writer: Mutex<Writer>,
+    /// Wakes a thread in `wait_and_sync` when records arrive.
+    appended: Condvar,
+    /// One sync at a time; appends continue while it runs.
+    sync_lock: Mutex<()>,
+    /// Everything up to this `Lsn` is on stable storage.
+    synced: AtomicU64,
+    /// Open segment files for reading paged-out bodies, by segment number.
+    readers: Mutex<HashMap<u64, Arc<dyn FileHandle>>>,
+    /// A spill log: bodies paged out of memory that need no durability. Its syncs write but
+    /// never fsync, and it is wiped at every start.
+    volatile: bool,
+}
+
+impl fmt::Debug for Log {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Log")
+            .field("synced", &self.synced.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// One message found by recovery.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub(crate) offset: u64,
+    /// `None` when only its position was kept (past the residency limit).
+    pub(crate) message: Option<Arc<Message>>,
+    pub(crate) body_len: u64,
+    pub(crate) redelivered: bool,
+    /// The `Lsn` of the end of its publish record.
+    pub(crate) lsn: u64,
+    /// The publish record's length, header included.
+    pub(crate) record_len: u32,
+}
+
+/// A message during the scan: its publish record's end and whether a delivery was recorded.
+struct Pending {
+    /// Decoded only while the queue is under the residency limit.
+    message: Option<Message>,
+    body_len: u64,
+    lsn: u64,
+    record_len: u32,
+    delivered: bool,
+}
+
+/// What recovery found, per queue id.
+#[derive(Debug, Default)]
+pub(crate) struct RecoveredLog {
+    /// Live messages per queue id, in offset order.
+    pub(crate) queues: HashMap<u64, Vec<Recovered>>,
+    /// The smallest offset each queue may use next (past every offset seen in the log).
+    pub(crate) next_offsets: HashMap<u64, u64>,
+    /// Records cut off or skipped because they were torn or corrupt.
+    pub(crate) bad_records: u64,
+    /// Bytes cut from the end of the last segment.
+    pub(crate) truncated_bytes: u64,
+    /// Messages published in segments up to this number may have been delivered before an
+    /// unclean stop.
+    pub(crate) suspect_upto: u64,
+    /// Publish records replaced by a later publish of the same message, by (queue id, offset,
+    /// segment), and whether an ack for them was found.
+    pub(crate) superseded: HashMap<(u64, u64, u64), bool>,
+}
+
+/// Decodes a publish record: queue id, offset, the message (only if `load`), its body length,
+/// and whether it was delivered before.
+fn decode_publish(payload: &[u8], load: bool) -> Option<(u64, u64, Option<Message>, u64, bool)> {
+    let mut fields = Fields::new(payload);
+    let _kind = fields.u8()?;
+    let queue_id = fields.u64()?;
+    let offset = fields.u64()?;
+    let flags = fields.u8()?;
+    let priority = fields.u8()?;
+    let expires = fields.u64()?;
+    let base = fields.pos();
+    let exchange_len = fields.short()?.len();
+    let exchange_end = fields.pos();
+    let routing_key_len = fields.short()?.len();
+    let routing_key_end = fields.pos();
+    let properties_len = fields.long()?.len();
+    let properties_end = fields.pos();
+    let body_len = fields.long()?.len();
+    let body_end = fields.pos();
+    if !fields.is_done() {
+        return None;
+    }
+    let delivered = flags & FLAG_DELIVERED != 0;
+    if !load {
+        return Some((queue_id, offset, None, body_len as u64, delivered));
+    }
+    // One allocation per message: the strings and buffers are slices of it.
+    let shared = Bytes::copy_from_slice(payload.get(base..)?);
+    let slice = |end: usize, len: usize| shared.slice(end - len - base..end - base);
+    let message = Message {
+        exchange: ShortString::from_bytes(slice(exchange_end, exchange_len)).ok()?,
+        routing_key: ShortString::from_bytes(slice(routing_key_end, routing_key_len)).ok()?,
+        properties: slice(properties_end, properties_len),
+        body: slice(body_end, body_len),
+        persistent: flags & FLAG_TRANSIENT == 0,
+        priority: (flags & FLAG_PRIORITY != 0).then_some(priority),
+        expires_at_ms: (flags & FLAG_EXPIRES != 0).then_some(expires),
+    };
+    Some((queue_id, offset, Some(message), body_len as u64, delivered))
+}
+
+/// An ack or delivery record: queue, offset, and the segment holding the publish it refers to.
+fn decode_ref(payload: &[u8]) -> Option<(u64, u64, u64)> {
+    let mut fields = Fields::new(payload);
+    let _kind = fields.u8()?;
+    let queue_id = fields.u64()?;
+    let offset = fields.u64()?;
+    let target = fields.u64()?;
+    fields.is_done().then_some((queue_id, offset, target))
+}
+
+fn encode_ref(buf: &mut Vec<u8>, kind: u8, queue_id: u64, offset: u64, target: u64) {
+    buf.push(kind);
+    record::put_u64(buf, queue_id);
+    record::put_u64(buf, offset);
+    record::put_u64(buf, target);
+}
+
+impl Log {
+    /// Opens the log in `backend`: replays every segment, cuts off a torn tail, and starts a
+    /// fresh segment for new records. `live_queues` are the queue ids that still exist; records
+    /// of other queues are dead. Messages published in segments up to `suspect_upto` may have
+    /// been delivered before an unclean stop; `clean` says the previous run closed the store
+    /// cleanly, otherwise every existing segment becomes suspect too. Other messages count as
+    /// delivered only with a delivery record.
+    pub(crate) fn open(
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+        live_queues: &BTreeSet<u64>,
+        clean: bool,
+        suspect_upto: u64,
+    ) -> Result<(Log, RecoveredLog), StoreError> {
+        let names = backend.list().map_err(StoreError::io("data folder"))?;
+        let mut numbers: Vec<u64> = names
+            .iter()
+            .filter_map(|name| parse_segment_name(name))
+            .collect();
+        numbers.sort_unstable();
+
+        let mut pending: HashMap<u64, OffsetMap<Pending>> = HashMap::new();
+        let mut next_offsets: HashMap<u64, u64> = HashMap::new();
+        let mut segments: BTreeMap<u64, SegmentState> = BTreeMap::new();
+        let mut report = RecoveredLog::default();
+        let last = numbers.last().copied();
+        let suspect_upto = if clean {
+            suspect_upto
+        } else {
+            suspect_upto.max(last.unwrap_or(0))
+        };
+        report.suspect_upto = suspect_upto;
+
+        for &number in &numbers {
+            let name = segment_name(number);
+            let file = backend.open(&name, false).map_err(StoreError::io(&name))?;
+            let len = file.size().map_err(StoreError::io(&name))?;
+            let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
+            file.read_exact_at(&mut data, 0)
+                .map_err(StoreError::io(&name))?;
+            // What recovery hands out must survive a power loss from now on, even if the previous
+            // run died before syncing it (the page cache still held it).
+            file.sync_data().map_err(StoreError::io(&name))?;
+            let mut state = SegmentState {
+                live: 0,
+                targets: BTreeSet::new(),
+                len,
+            };
+            let is_last = Some(number) == last;
+            let header_ok = data.get(0..8) == Some(&SEGMENT_MAGIC[..])
+                && data.get(8..12) == Some(&FORMAT_VERSION.to_le_bytes()[..])
+                && data.get(16..24) == Some(&number.to_le_bytes()[..]);
+            if !header_ok {
+                if data.len() < SEGMENT_HEADER_LEN as usize
+                    && data.iter().zip(SEGMENT_MAGIC).all(|(a, b)| a == b)
+                {
+                    // Created, then the crash came before its header was written whole.
+                    tracing::warn!(file = %name, "log segment with a torn header ignored");
+                } else if data.get(0..8) == Some(&SEGMENT_MAGIC[..]) {
+                    return Err(StoreError::UnsupportedFormat {
+                        found: format!(
+                            "segment {name} format {:?}",
+                            data.get(8..12).unwrap_or(&[])
+                        ),
+                        supported: FORMAT_VERSION,
+                    });
+                } else {
+                    tracing::error!(file = %name, "log segment with a bad header skipped");
+                    report.bad_records += 1;
+                }
+                segments.insert(number, state);
+                continue;
+            }
+            let mut pos = SEGMENT_HEADER_LEN as usize;
+            loop {
+                match record::next(&data, pos) {
+                    Next::End => break,
+                    Next::Record(payload, after) => {
+                        let lsn = make_lsn(number, after as u64);
+                        apply_record(
+                            payload,
+                            lsn,
+                            live_queues,
+                            &mut pending,
+                            &mut next_offsets,
+                            &mut state,
+                            &mut report,
+                            &name,
+                            pos,
+                            options.recovery_resident_per_queue,
+                        );
+                        pos = after;
+                    }
+                    Next::Bad(reason) => {
+                        report.bad_records += 1;
+                        if is_last {
+                            let cut = data.len() - pos;
+                            tracing::warn!(file = %name, offset = pos, cut, reason,
+                                "torn or corrupt tail of the message log cut off");
+                            file.set_len(pos as u64).map_err(StoreError::io(&name))?;
+                            file.sync_data().map_err(StoreError::io(&name))?;
+                            report.truncated_bytes += cut as u64;
+                            state.len = pos as u64;
+                        } else {
+                            tracing::error!(file = %name, offset = pos, reason,
+                                "corrupt record in the message log: the rest of this segment is skipped");
+                        }
+                        break;
+                    }
+                }
+            }
+            segments.insert(number, state);
+        }
+
+        // Count what survived, per segment, and hand it out per queue in offset order.
+        for (queue_id, messages) in pending {
+            let mut recovered: Vec<Recovered> = messages
+                .into_iter()
+                .map(|(offset, pending)| {
+                    if let Some(state) = segments.get_mut(&segment_of(pending.lsn)) {
+                        state.live += 1;
+                    }
+                    Recovered {
+                        offset,
+                        message: pending.message.map(Arc::new),
+                        body_len: pending.body_len,
+                        redelivered: pending.delivered || segment_of(pending.lsn) <= suspect_upto,
+                        lsn: pending.lsn,
+                        record_len: pending.record_len,
+                    }
+                })
+                .collect();
+            recovered.sort_unstable_by_key(|recovered| recovered.offset);
+            report.queues.insert(queue_id, recovered);
+        }
+        report.next_offsets = next_offsets;
+
+        // Numbers never go back, even when every segment was reclaimed.
+        let current = last.unwrap_or(0).max(suspect_upto) + 1;
+        let name = segment_name(current);
+        let current_file = backend.open(&name, true).map_err(StoreError::io(&name))?;
+        segments.insert(
+            current,
+            SegmentState {
+                live: 0,
+                targets: BTreeSet::new(),
+                len: 0,
+            },
+        );
+        let writer = Writer {
+            current: Tail::new(current, current_file),
+            sealed: Vec::new(),
+            segments,
+            dir_dirty: true,
+            failed: None,
+            handed_out: make_lsn(current, SEGMENT_HEADER_LEN),
+            sync_waiting: false,
+            last_record_len: 0,
+        };
+        let log = Log {
+            backend,
+            options,
+            writer: Mutex::new(writer),
+            appended: Condvar::new(),
+            sync_lock: Mutex::new(()),
+            synced: AtomicU64::new(0),
+            readers: Mutex::new(HashMap::new()),
+            volatile: false,
+        };
+        {
+            let mut writer = log.writer.lock();
+            let mut repairs: Vec<_> = report
+                .superseded
+                .drain()
+                .filter(|(_, acked)| !acked)
+                .map(|(key, _)| key)
+                .collect();
+            repairs.sort_unstable();
+            for (queue_id, offset, target) in repairs {
+                let lsn = writer.append(&*log.backend, &log.options, |buf| {
+                    encode_ref(buf, KIND_ACK, queue_id, offset, target)
+                });
+                Log::add_target(&mut writer, lsn, target);
+            }
+        }
+        // Make the new segment (and any repairs) durable and drop what recovery found dead.
+        log.sync().map_err(|failed| failed.error)?;
+        Ok((log, report))
+    }
+
+    /// Opens an empty spill log in `backend` (a namespace of the data folder), deleting what a
+    /// previous run left there.
+    pub(crate) fn open_spill(
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+    ) -> Result<Log, StoreError> {
+        for name in backend.list().map_err(StoreError::io("spill files"))? {
+            backend.remove(&name).map_err(StoreError::io(&name))?;
+        }
+        let (mut log, _) = Log::open(backend, options, &BTreeSet::new(), true, 0)?;
+        log.volatile = true;
+        Ok(log)
+    }
+
+    /// Records that a publish of segment `target` lost its message (acked, purged, deleted).
+    fn release(writer: &mut Writer, publish_lsn: u64) {
+        let target = segment_of(publish_lsn);
+        if let Some(state) = writer.segments.get_mut(&target) {
+            state.live = state.live.saturating_sub(1);
+        }
+    }
+
+    fn add_target(writer: &mut Writer, record_lsn: u64, target: u64) {
+        let here = segment_of(record_lsn);
+        if here != target
+            && writer.segments.contains_key(&target)
+            && let Some(state) = writer.segments.get_mut(&here)
+        {
+            state.targets.insert(target);
+        }
+    }
+
+    pub(crate) fn publish(
+        &self,
+        queue_id: u64,
+        offset: u64,
+        message: &Message,
+        delivered: bool,
+    ) -> (Lsn, u32) {
+        let mut writer = self.writer.lock();
+        let lsn = writer.append(&*self.backend, &self.options, |buf| {
+            encode_publish(buf, queue_id, offset, message, delivered)
+        });
+        let record_len = writer.last_record_len;
+        if let Some(state) = writer.segments.get_mut(&segment_of(lsn)) {
+            state.live += 1;
+        }
+        if writer.sync_waiting {
+            writer.sync_waiting = false;
+            self.appended.notify_one();
+        }
+        (Lsn(lsn), record_len)
+    }
+
+    /// Reads back the message of the publish record that ends at `lsn` and is `record_len`
+    /// bytes long (a paged-out body). The record must have been written (it was synced).
+    pub(crate) fn read_publish(&self, lsn: u64, record_len: u32) -> Result<Message, StoreError> {
+        let segment = segment_of(lsn);
+        let name = segment_name(segment);
+        let end = lsn & ((1 << SEGMENT_SHIFT) - 1);
+        let start = end
+            .checked_sub(u64::from(record_len))
+            .ok_or_else(|| StoreError::Corrupt {
+                file: name.clone(),
+                offset: end,
+                reason: "record length past the segment start".to_owned(),
+            })?;
+        let file = {
+            let mut files = self.readers.lock();
+            match files.get(&segment) {
+                Some(file) => Arc::clone(file),
+                None => {
+                    let file = self
+                        .backend
+                        .open(&name, false)
+                        .map_err(StoreError::io(&name))?;
+                    files.insert(segment, Arc::clone(&file));
+                    file
+                }
+            }
+        };
+        let mut data = vec![0u8; record_len as usize];
+        file.read_exact_at(&mut data, start)
+            .map_err(StoreError::io(&name))?;
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            file: name.clone(),
+            offset: start,
+            reason: reason.to_owned(),
+        };
+        match record::next(&data, 0) {
+            Next::Record(payload, _) => match decode_publish(payload, true) {
+                Some((_, _, Some(message), _, _)) => Ok(message),
+                _ => Err(corrupt("not a publish record")),
+            },
+            Next::Bad(reason) => Err(corrupt(reason)),
+            Next::End => Err(corrupt("empty record")),
+        }
+    }
+
+    fn reference(&self, kind: u8, queue_id: u64, offset: u64, publish_lsn: u64, release: bool) {
+        let mut writer = self.writer.lock();
+        let target = segment_of(publish_lsn);
+        let lsn = writer.append(&*self.backend, &self.options, |buf| {
+            encode_ref(buf, kind, queue_id, offset, target)
+        });
+        Log::add_target(&mut writer, lsn, target);
+        if release {
+            Log::release(&mut writer, publish_lsn);
+        }
+        if writer.sync_waiting {
+            writer.sync_waiting = false;
+            self.appended.notify_one();
+        }
+    }
+
+    pub(crate) fn ack(&self, queue_id: u64, offset: u64, publish_lsn: u64) {
+        self.reference(KIND_ACK, queue_id, offset, publish_lsn, true);
+    }
+
+    pub(crate) fn deliver(&self, queue_id: u64, offset: u64, publish_lsn: u64) {
+        self.reference(KIND_DELIVER, queue_id, offset, publish_lsn, false);
+    }
+
+    /// A message's queue was deleted: its publish no longer counts, and needs no record (the
+    /// definitions file says the queue is gone).
+    pub(crate) fn forget(&self, publish_lsn: u64) {
+        let mut writer = self.writer.lock();
+        Log::release(&mut writer, publish_lsn);
+    }
+
+    /// Everything up to this `Lsn` is on stable storage.
+    pub(crate) fn synced(&self) -> Lsn {
+        Lsn(self.synced.load(Ordering::Acquire))
+    }
+
+    /// The end of the last record appended.
+    pub(crate) fn appended(&self) -> Lsn {
+        Lsn(self.writer.lock().handed_out)
+    }
+
+    /// Writes and fdatasyncs everything appended so far (group commit), then deletes segments
+    /// whose messages are all gone. Appends from other threads continue meanwhile. Returns the
+    /// `Lsn` now durable.
+    pub(crate) fn sync(&self) -> Result<Lsn, SyncFailed> {
+        let _one_sync = self.sync_lock.lock();
+        let synced = self.sync_locked()?;
+        self.reclaim_locked();
+        Ok(synced)
+    }
+
+    /// The body of [`Log::sync`], with `sync_lock` held.
+    fn sync_locked(&self) -> Result<Lsn, SyncFailed> {
+        let (mut sealed, file, number, len, target, dir_dirty) = {
+            let mut writer = self.writer.lock();
+            writer.flush();
+            if let Some(error) = writer.failed.take() {
+                return Err(SyncFailed {
+                    upto: Lsn(writer.handed_out),
+                    error,
+                });
+            }
+            let sealed = std::mem::take(&mut writer.sealed);
+            let dir_dirty = std::mem::take(&mut writer.dir_dirty);
+            (
+                sealed,
+                Arc::clone(&writer.current.file),
+                writer.current.number,
+                writer.current.bytes.len(),
+                writer.end_lsn(),
+                dir_dirty,
+            )
+        };
+        // The fsyncs run without the writer lock: appends continue meanwhile (group commit).
+        let mut result = Ok(());
+        if self.volatile {
+            // Spilled bodies need no durability: writing them is enough to drop them from memory.
+            for tail in &mut sealed {
+                if let Err(error) = tail.write() {
+                    result = Err(StoreError::io(segment_name(tail.number))(error));
+                }
+            }
+            let mut writer = self.writer.lock();
+            let failed = result.is_err();
+            if writer.current.number == number {
+                writer.current.synced(len);
+            }
+            if failed {
+                writer.sealed.append(&mut sealed);
+            }
+            writer.sealed.retain(|tail| tail.written < tail.bytes.len());
+            drop(writer);
+            return result.map(|()| Lsn(target)).map_err(|error| SyncFailed {
+                upto: Lsn(target),
+                error,
+            });
+        }
+        if dir_dirty {
+            result = self
+                .backend
+                .sync_dir()
+                .map_err(StoreError::io("data folder"));
+        }
+        let mut failed_sealed = Vec::new();
+        for mut tail in sealed.drain(..) {
+            let synced = result.is_ok()
+                && tail
+                    .write()
+                    .and_then(|()| tail.file.sync_data())
+                    .map_err(StoreError::io(segment_name(tail.number)))
+                    .map_err(|error| result = Err(error))
+                    .is_ok();
+            if !synced {
+                // Written again in full at the next sync: the kernel may have dropped the pages.
+                tail.written = 0;
+                failed_sealed.push(tail);
+            }
+        }
+        if result.is_ok() {
+            result = file
+                .sync_data()
+                .map_err(StoreError::io(segment_name(number)));
+        }
+        let mut writer = self.writer.lock();
+        let current_ok = result.is_ok();
+        // The tail synced (or not) may have been sealed by a roll in the meantime.
+        let tail = if writer.current.number == number {
+            Some(&mut writer.current)
+        } else {
+            writer.sealed.iter_mut().find(|tail| tail.number == number)
+        };
+        if let Some(tail) = tail {
+            if current_ok {
+                tail.synced(len);
+            } else {
+                tail.written = 0;
+            }
+        }
+        writer.sealed.retain(|tail| !tail.bytes.is_empty());
+        failed_sealed.append(&mut writer.sealed);
+        writer.sealed = failed_sealed;
+        writer.sealed.sort_by_key(|tail| tail.number);
+        if let Err(error) = result {
+            tracing::error!(%error, "sync of the message log failed; it is retried from memory");
+            writer.dir_dirty |= dir_dirty;
+            return Err(SyncFailed {
+                upto: Lsn(writer.handed_out),
+                error,
+            });
+        }
+        drop(writer);
+        self.synced.fetch_max(target, Ordering::AcqRel);
+        Ok(Lsn(target))
+    }
+
+    /// Waits up to `timeout` for records to sync, then syncs them. `Ok(None)` if none came.
+    /// The broker's sync thread loops on this.
+    pub(crate) fn wait_and_sync(&self, timeout: Duration) -> Result<Option<Lsn>, SyncFailed> {
+        {
+            let mut writer = self.writer.lock();
+            if writer.handed_out <= self.synced.load(Ordering::Acquire) && writer.failed.is_none() {
+                writer.sync_waiting = true;
+                let _timed_out = self.appended.wait_for(&mut writer, timeout);
+                writer.sync_waiting = false;
+                if writer.handed_out <= self.synced.load(Ordering::Acquire)
+                    && writer.failed.is_none()
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        self.sync().map(Some)
+    }
+
+    /// Deletes segments without live messages, oldest first, carrying forward the acks and
+    /// delivery records they hold for segments that stay. Runs with `sync_lock` held.
+    fn reclaim_locked(&self) {
+        let (doomed, carry) = {
+            let writer = self.writer.lock();
+            let current = writer.current.number;
+            let mut doomed = Vec::new();
+            let mut carry = Vec::new();
+            for (number, state) in &writer.segments {
+                if *number == current || state.live != 0 {
+                    continue;
+                }
+                // Older segments are decided first: a target stays only if it has live messages.
+                let pinned = state.targets.iter().any(|target| {
+                    writer
+                        .segments
+                        .get(target)
+                        .is_some_and(|target_state| target_state.live != 0 || *target == current)
+                });
+                if pinned {
+                    carry.push(*number);
+                }
+                doomed.push(*number);
+            }
+            (doomed, carry)
+        };
+        if doomed.is_empty() {
+            return;
+        }
+        if !carry.is_empty() {
+            let doomed_set: BTreeSet<u64> = doomed.iter().copied().collect();
+            for number in &carry {
+                if let Err(error) = self.carry_forward(*number, &doomed_set) {
+                    tracing::warn!(%error, segment = number, "cannot carry acks forward; segment kept");
+                    return;
+                }
+            }
+            // The carried records must be durable before the originals go.
+            if let Err(failed) = self.sync_locked() {
+                tracing::warn!(error = %failed.error, "segments kept: the carried acks did not sync");
+                return;
+            }
+        }
+        for number in doomed {
+            self.writer.lock().segments.remove(&number);
+            self.readers.lock().remove(&number);
+            let name = segment_name(number);
+            let removed = self.backend.remove(&name).and_then(|()| {
+                if self.volatile {
+                    Ok(())
+                } else {
+                    self.backend.sync_dir()
+                }
+            });
+            match removed {
+                Ok(()) => tracing::debug!(file = %name, "log segment reclaimed"),
+                Err(error) => tracing::warn!(%error, file = %name, "cannot remove a log segment"),
+            }
+        }
+    }
+
+    /// Appends again the acks and delivery records of segment `number` that point at segments
+    /// that stay (not in `doomed`).
+    fn carry_forward(&self, number: u64, doomed: &BTreeSet<u64>) -> Result<(), StoreError> {
+        let name = segment_name(number);
+        let file = self
+            .backend
+            .open(&name, false)
+            .map_err(StoreError::io(&name))?;
+        let len = file.size().map_err(StoreError::io(&name))?;
+        let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        file.read_exact_at(&mut data, 0)
+            .map_err(StoreError::io(&name))?;
+        let mut pos = SEGMENT_HEADER_LEN as usize;
+        let mut carried = 0u64;
+        while let Next::Record(payload, after) = record::next(&data, pos) {
+            pos = after;
+            let Some(kind @ (KIND_ACK | KIND_DELIVER)) = payload.first().copied() else {
+                continue;
+            };
+            let Some((queue_id, offset, target)) = decode_ref(payload) else {
+                continue;
+            };
+            if target == number || doomed.contains(&target) {
+                continue;
+            }
+            let mut writer = self.writer.lock();
+            if !writer.segments.contains_key(&target) {
+                continue;
+            }
+            let lsn = writer.append(&*self.backend, &self.options, |buf| {
+                encode_ref(buf, kind, queue_id, offset, target)
+            });
+            Log::add_target(&mut writer, lsn, target);
+            carried += 1;
+        }
+        tracing::debug!(file = %name, carried, "acks carried forward from a reclaimed segment");
+        Ok(())
+    }
+
+    /// Bytes in log segments on disk (and buffered for them).
+    pub(crate) fn disk_usage(&self) -> u64 {
+        let writer = self.writer.lock();
+        let sealed: u64 = writer
+            .segments
+            .iter()
+            .filter(|(number, _)| **number != writer.current.number)
+            .map(|(_, state)| state.len)
+            .sum();
+        sealed + writer.current.end()
+    }
+
+    /// Number of segment files.
+    pub(crate) fn segment_count(&self) -> usize {
+        self.writer.lock().segments.len()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_record(
+    payload: &[u8],
+    lsn: u64,
+    live_queues: &BTreeSet<u64>,
+    pending: &mut HashMap<u64, OffsetMap<Pending>>,
+    next_offsets: &mut HashMap<u64, u64>,
+    state: &mut SegmentState,
+    report: &mut RecoveredLog,
+    name: &str,
+    pos: usize,
+    resident_limit: usize,
+) {
+    let bad = |report: &mut RecoveredLog| {
+        report.bad_records += 1;
+        tracing::error!(file = %name, offset = pos, "unreadable record in the message log skipped");
+    };
+    match payload.first().copied() {
+        Some(KIND_PUBLISH) => {
+            let resident = Fields::new(payload.get(1..).unwrap_or(&[]))
+                .u64()
+                .and_then(|queue_id| pending.get(&queue_id))
+                .map_or(0, |messages| messages.len());
+            let load = resident < resident_limit;
+            let Some((queue_id, offset, message, body_len, delivered)) =
+                decode_publish(payload, load)
+            else {
+                return bad(report);
+            };
+            let next = next_offsets.entry(queue_id).or_default();
+            *next = (*next).max(offset + 1);
+            if live_queues.contains(&queue_id) {
+                let replaced = pending.entry(queue_id).or_default().insert(
+                    offset,
+                    Pending {
+                        message,
+                        body_len,
+                        lsn,
+                        record_len: u32::try_from(record::FRAME_HEADER + payload.len())
+                            .unwrap_or(u32::MAX),
+                        delivered,
+                    },
+                );
+                if let Some(replaced) = replaced {
+                    // A restored message published again while the ack of its previous publish
+                    // record was lost (that ack sat in an older segment's unsynced tail while
+                    // this record reached the disk). Unless an ack turns up later, recovery
+                    // writes one, or the old record would come back once this one is acked.
+                    report
+                        .superseded
+                        .entry((queue_id, offset, segment_of(replaced.lsn)))
+                        .or_insert(false);
+                }
+            }
+        }
+        Some(kind @ (KIND_ACK | KIND_DELIVER)) => {
+            let Some((queue_id, offset, target)) = decode_ref(payload) else {
+                return bad(report);
+            };
+            if target != segment_of(lsn) {
+                state.targets.insert(target);
+            }
+            let next = next_offsets.entry(queue_id).or_default();
+            *next = (*next).max(offset + 1);
+            let Some(messages) = pending.get_mut(&queue_id) else {
+                return;
+            };
+            // A record refers to one publish record: a message restored after a no-ack pop is
+            // published again under the same offset, and an older ack (perhaps carried forward
+            // past the new publish) must not remove it.
+            let Some(message) = messages
+                .get_mut(&offset)
+                .filter(|message| segment_of(message.lsn) == target)
+            else {
+                if kind == KIND_ACK
+                    && let Some(acked) = report.superseded.get_mut(&(queue_id, offset, target))
+                {
+                    *acked = true;
+                }
+                return;
+            };
+            if kind == KIND_ACK {
+                messages.remove(&offset);
+            } else {
+                message.delivered = true;
+            }
+        }
+        _ => bad(report),
+    }
+}
+
+fn encode_publish(
+    buf: &mut Vec<u8>,
+    queue_id: u64,
+    offset: u64,
+    message: &Message,
+    delivered: bool,
+) {
+    buf.push(KIND_PUBLISH);
+    record::put_u64(buf, queue_id);
+    record::put_u64(buf, offset);
+    let mut flags = 0;
+    if message.priority.is_some() {
+        flags |= FLAG_PRIORITY;
+    }
+    if message.expires_at_ms.is_some() {
+        flags |= FLAG_EXPIRES;
+    }
+    if delivered {
+        flags |= FLAG_DELIVERED;
+    }
+    if !message.persistent {
+        flags |= FLAG_TRANSIENT;
+    }
+    buf.push(flags);
+    buf.push(message.priority.unwrap_or(0));
+    record::put_u64(buf, message.expires_at_ms.unwrap_or(0));
+    record::put_short(buf, message.exchange.as_bytes());
+    record::put_short(buf, message.routing_key.as_bytes());
+    record::put_long(buf, &message.properties);
+    record::put_long(buf, &message.body);
+}
+
+/// A durable queue's handle on the log.
+#[derive(Debug, Clone)]
+pub(crate) struct Journal {
+    log: Arc<Log>,
+    queue_id: u64,
+}
+
+impl Journal {
+    pub(crate) fn new(log: Arc<Log>, queue_id: u64) -> Journal {
+        Journal { log, queue_id }
+    }
+
+    /// Logs a publish; returns the end of its record and the record's length.
+    pub(crate) fn publish(&self, offset: u64, message: &Message, delivered: bool) -> (Lsn, u32) {
+        self.log.publish(self.queue_id, offset, message, delivered)
+    }
+
+    /// Reads a logged message back (a paged-out body).
+    pub(crate) fn read(&self, lsn: u64, record_len: u32) -> Result<Message, StoreError> {
+        self.log.read_publish(lsn, record_len)
+    }
+
+    /// Everything up to this `Lsn` is on stable storage (and so in the file).
+    pub(crate) fn synced(&self) -> u64 {
+        self.log.synced().0
+    }
+
+    pub(crate) fn deliver(&self, offset: u64, publish_lsn: u64) {
+        self.log.deliver(self.queue_id, offset, publish_lsn);
+    }
+
+    pub(crate) fn ack(&self, offset: u64, publish_lsn: u64) {
+        self.log.ack(self.queue_id, offset, publish_lsn);
+    }
+
+    pub(crate) fn forget(&self, publish_lsn: u64) {
+        self.log.forget(publish_lsn);
+    }
+}

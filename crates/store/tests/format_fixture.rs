@@ -1,0 +1,56 @@
+//! Files written by an earlier release keep opening: the format-1 folder checked in under
+//! `tests/fixtures` (written by `examples/write_format_fixture.rs`) is read back in full.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use warren_store::{DestinationKind, Store};
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn format_1_data_folder_opens_with_everything_in_it() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture, dir.path());
+
+    let (_store, mut recovery) = Store::open(dir.path()).unwrap();
+    assert!(recovery.report.clean_shutdown);
+    assert_eq!(recovery.report.bad_records, 0);
+
+    assert_eq!(recovery.exchanges.len(), 1);
+    let exchange = &recovery.exchanges[0];
+    assert_eq!(exchange.name.as_bytes(), b"fixture.orders");
+    assert_eq!(exchange.kind.as_bytes(), b"topic");
+
+    assert_eq!(recovery.bindings.len(), 1);
+    let binding = &recovery.bindings[0];
+    assert_eq!(binding.destination.as_bytes(), b"fixture.queue");
+    assert_eq!(binding.destination_kind, DestinationKind::Queue);
+    assert_eq!(binding.routing_key.as_bytes(), b"eu.#");
+
+    assert_eq!(recovery.queues.len(), 1);
+    let (def, mut queue) = recovery.queues.pop().unwrap();
+    assert_eq!(def.name.as_bytes(), b"fixture.queue");
+    let delivered = queue.pop().unwrap();
+    assert_eq!(&delivered.message.body[..], b"delivered");
+    assert!(delivered.redelivered);
+    assert_eq!(delivered.offset, 1);
+    assert_eq!(delivered.message.priority, Some(3));
+    assert_eq!(delivered.message.exchange.as_bytes(), b"fixture.orders");
+    assert_eq!(delivered.message.routing_key.as_bytes(), b"eu.de");
+    assert_eq!(&delivered.message.properties[..], b"\x80\x00\x0atext/plain");
+    assert!(delivered.message.persistent);
+    let ready = queue.pop().unwrap();
+    assert_eq!(&ready.message.body[..], b"ready");
+    assert!(!ready.redelivered);
+    assert_eq!(ready.message.priority, None);
+    assert!(queue.pop().is_none(), "the acked message stays gone");
+}
