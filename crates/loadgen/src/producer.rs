@@ -261,3 +261,97 @@ pub async fn run(
     conn.close().await?;
     Ok(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_codec as codec;
+
+    fn config(size: usize) -> ProducerConfig {
+        ProducerConfig {
+            id: 7,
+            exchange: "loadgen.x".into(),
+            routing_key: "rk".into(),
+            headers: None,
+            size,
+            persistent: true,
+            confirm_window: 0,
+            rate: 0.0,
+            count: 0,
+            deadline: Instant::now(),
+            confirm_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Decodes what the template wrote with the codec a broker would use.
+    fn decode_all(mut buf: BytesMut) -> Vec<codec::Frame> {
+        let mut frames = Vec::new();
+        while let Some(frame) = codec::decode_frame(&mut buf, 4096).unwrap() {
+            frames.push(frame);
+        }
+        assert!(buf.is_empty());
+        frames
+    }
+
+    #[test]
+    fn a_pre_encoded_message_is_a_valid_publish() {
+        let template = Template::new(&config(100), 4096);
+        let mut buf = BytesMut::new();
+        template.put(
+            &mut buf,
+            Stamp {
+                producer: 7,
+                seq: 42,
+                sent_nanos: 99,
+            },
+        );
+        let frames = decode_all(buf);
+        let [
+            codec::Frame::Method {
+                method: codec::Method::BasicPublish(publish),
+                ..
+            },
+            codec::Frame::Header { header, .. },
+            codec::Frame::Body { payload, .. },
+        ] = &frames[..]
+        else {
+            panic!("expected publish, header, body: {frames:?}");
+        };
+        assert_eq!(publish.exchange.as_bytes(), b"loadgen.x");
+        assert_eq!(publish.routing_key.as_bytes(), b"rk");
+        assert_eq!(header.body_size, 100);
+        assert_eq!(header.properties.delivery_mode, Some(2));
+        assert_eq!(payload.len(), 100);
+        assert_eq!(
+            Stamp::read(payload),
+            Some(Stamp {
+                producer: 7,
+                seq: 42,
+                sent_nanos: 99
+            })
+        );
+    }
+
+    #[test]
+    fn a_body_larger_than_a_frame_is_split() {
+        let template = Template::new(&config(10_000), 4096);
+        let mut buf = BytesMut::new();
+        template.put(
+            &mut buf,
+            Stamp {
+                producer: 7,
+                seq: 1,
+                sent_nanos: 5,
+            },
+        );
+        let frames = decode_all(buf);
+        let bodies: Vec<usize> = frames
+            .iter()
+            .filter_map(|f| match f {
+                codec::Frame::Body { payload, .. } => Some(payload.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bodies, [4088, 4088, 1824]);
+    }
+}

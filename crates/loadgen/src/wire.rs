@@ -1,33 +1,19 @@
 //! The handful of AMQP 0-9-1 frames the load generator sends and reads, behind a narrow
-//! interface (`Out`, `In`, `decode`) so the client code does not care who does the byte work.
-//!
-//! This first version encodes and decodes by hand; it is meant to be replaced by calls into
-//! `warren-codec` once that crate's frame layer lands, which changes only this file.
+//! interface (`Out`, `In`, `decode`) over warren-codec, so the producer and consumer loops only
+//! see the few fields they use.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use warren_codec as codec;
+use warren_codec::{FieldTable, FieldValue, Method, ShortString};
 
-/// Frame types (AMQP 0-9-1 section 4.2.3).
-const FRAME_METHOD: u8 = 1;
-const FRAME_HEADER: u8 = 2;
-const FRAME_BODY: u8 = 3;
-const FRAME_HEARTBEAT: u8 = 8;
-const FRAME_END: u8 = 0xCE;
-/// The class of `basic.*` methods and of their content headers.
-const CLASS_BASIC: u16 = 60;
 /// The largest frame we accept, whatever was negotiated: a sanity bound against garbage.
-const MAX_FRAME: usize = 16 * 1024 * 1024;
+const MAX_FRAME: u32 = 16 * 1024 * 1024;
 
 /// What went wrong reading the broker's bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("frame of {0} bytes is larger than we accept")]
-    FrameTooLarge(usize),
-    #[error("frame does not end with 0xCE")]
-    BadFrameEnd,
-    #[error("frame type {0} is unknown")]
-    BadFrameType(u8),
-    #[error("method {class_id}.{method_id} is truncated")]
-    Truncated { class_id: u16, method_id: u16 },
+    #[error(transparent)]
+    Decode(#[from] codec::DecodeError),
 }
 
 /// A field table value, as far as the generator needs them (queue arguments, headers).
@@ -180,135 +166,93 @@ pub enum Frame {
     Heartbeat,
 }
 
-/// The 8 bytes a client sends first.
-pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+pub use codec::frame::PROTOCOL_HEADER;
 
-fn put_short_str(buf: &mut BytesMut, s: &str) {
-    // Names longer than 255 bytes are refused by the CLI; truncating here keeps the frame valid.
-    let bytes = &s.as_bytes()[..s.len().min(255)];
-    buf.put_u8(bytes.len() as u8);
-    buf.put_slice(bytes);
+/// A short string from a name the CLI already limited to 255 bytes (longer ones are cut, which
+/// keeps the frame valid; the broker then refuses the unknown name).
+fn short(s: &str) -> ShortString {
+    let bytes = s.as_bytes();
+    let cut = Bytes::copy_from_slice(&bytes[..bytes.len().min(255)]);
+    ShortString::from_bytes(cut).unwrap_or_default()
 }
 
-fn put_long_str(buf: &mut BytesMut, s: &[u8]) {
-    buf.put_u32(s.len() as u32);
-    buf.put_slice(s);
-}
-
-/// Encodes a field table (4-byte size, then name, type letter, value).
-pub fn put_table(buf: &mut BytesMut, table: &Table) {
-    let size_at = buf.len();
-    buf.put_u32(0);
+/// Converts a table of `Arg`s to a codec field table.
+pub fn field_table(table: &Table) -> FieldTable {
+    let mut out = FieldTable::default();
     for (name, value) in table {
-        put_short_str(buf, name);
-        match value {
-            Arg::Str(s) => {
-                buf.put_u8(b'S');
-                put_long_str(buf, s.as_bytes());
-            }
-            Arg::Int(i) => {
-                buf.put_u8(b'l');
-                buf.put_i64(*i);
-            }
-            Arg::Bool(b) => {
-                buf.put_u8(b't');
-                buf.put_u8(u8::from(*b));
-            }
-        }
+        let value = match value {
+            Arg::Str(s) => FieldValue::LongString(Bytes::copy_from_slice(s.as_bytes())),
+            Arg::Int(i) => FieldValue::I64(*i),
+            Arg::Bool(b) => FieldValue::Bool(*b),
+        };
+        out.insert(short(name), value);
     }
-    let size = (buf.len() - size_at - 4) as u32;
-    buf[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    out
 }
 
-fn bits(flags: &[bool]) -> u8 {
-    flags
-        .iter()
-        .enumerate()
-        .fold(0u8, |acc, (i, &f)| acc | (u8::from(f) << i))
-}
-
-/// Appends one method frame to `buf`.
-pub fn put_method(buf: &mut BytesMut, channel: u16, method: &Out<'_>) {
-    buf.put_u8(FRAME_METHOD);
-    buf.put_u16(channel);
-    let size_at = buf.len();
-    buf.put_u32(0);
-    let empty = Table::new();
+fn to_method(method: &Out<'_>) -> Method {
     match method {
         Out::StartOk { user, password } => {
-            buf.put_u16(10);
-            buf.put_u16(11);
-            let props = vec![("product".into(), Arg::Str("warren-loadgen".into()))];
-            put_table(buf, &props);
-            put_short_str(buf, "PLAIN");
             let mut response = Vec::with_capacity(user.len() + password.len() + 2);
             response.push(0);
             response.extend_from_slice(user.as_bytes());
             response.push(0);
             response.extend_from_slice(password.as_bytes());
-            put_long_str(buf, &response);
-            put_short_str(buf, "en_US");
+            let props = vec![("product".to_string(), Arg::Str("warren-loadgen".into()))];
+            codec::ConnectionStartOk {
+                client_properties: field_table(&props),
+                mechanism: short("PLAIN"),
+                response: Bytes::from(response),
+                locale: short("en_US"),
+            }
+            .into()
         }
         Out::TuneOk {
             channel_max,
             frame_max,
             heartbeat,
-        } => {
-            buf.put_u16(10);
-            buf.put_u16(31);
-            buf.put_u16(*channel_max);
-            buf.put_u32(*frame_max);
-            buf.put_u16(*heartbeat);
+        } => codec::ConnectionTuneOk {
+            channel_max: *channel_max,
+            frame_max: *frame_max,
+            heartbeat: *heartbeat,
         }
-        Out::Open { vhost } => {
-            buf.put_u16(10);
-            buf.put_u16(40);
-            put_short_str(buf, vhost);
-            put_short_str(buf, "");
-            buf.put_u8(0);
+        .into(),
+        Out::Open { vhost } => codec::ConnectionOpen {
+            virtual_host: short(vhost),
         }
-        Out::ConnectionClose { code, text } => {
-            buf.put_u16(10);
-            buf.put_u16(50);
-            buf.put_u16(*code);
-            put_short_str(buf, text);
-            buf.put_u16(0);
-            buf.put_u16(0);
+        .into(),
+        Out::ConnectionClose { code, text } => codec::ConnectionClose {
+            reply_code: *code,
+            reply_text: short(text),
+            class_id: 0,
+            method_id: 0,
         }
-        Out::ConnectionCloseOk => {
-            buf.put_u16(10);
-            buf.put_u16(51);
-        }
-        Out::ChannelOpen => {
-            buf.put_u16(20);
-            buf.put_u16(10);
-            put_short_str(buf, "");
-        }
-        Out::ChannelCloseOk => {
-            buf.put_u16(20);
-            buf.put_u16(41);
-        }
+        .into(),
+        Out::ConnectionCloseOk => codec::ConnectionCloseOk.into(),
+        Out::ChannelOpen => codec::ChannelOpen.into(),
+        Out::ChannelCloseOk => codec::ChannelCloseOk.into(),
         Out::ExchangeDeclare {
             exchange,
             kind,
             durable,
             auto_delete,
-        } => {
-            buf.put_u16(40);
-            buf.put_u16(10);
-            buf.put_u16(0);
-            put_short_str(buf, exchange);
-            put_short_str(buf, kind);
-            buf.put_u8(bits(&[false, *durable, *auto_delete, false, false]));
-            put_table(buf, &empty);
+        } => codec::ExchangeDeclare {
+            exchange: short(exchange),
+            kind: short(kind),
+            passive: false,
+            durable: *durable,
+            auto_delete: *auto_delete,
+            internal: false,
+            nowait: false,
+            arguments: FieldTable::default(),
         }
-        Out::ExchangeDelete { exchange } => {
-            buf.put_u16(40);
-            buf.put_u16(20);
-            buf.put_u16(0);
-            put_short_str(buf, exchange);
-            buf.put_u8(0);
+        .into(),
+        Out::ExchangeDelete { exchange } => codec::ExchangeDelete {
+            exchange: short(exchange),
+            if_unused: false,
+            nowait: false,
         }
+        .into(),
         Out::QueueDeclare {
             queue,
             passive,
@@ -316,92 +260,102 @@ pub fn put_method(buf: &mut BytesMut, channel: u16, method: &Out<'_>) {
             exclusive,
             auto_delete,
             arguments,
-        } => {
-            buf.put_u16(50);
-            buf.put_u16(10);
-            buf.put_u16(0);
-            put_short_str(buf, queue);
-            buf.put_u8(bits(&[*passive, *durable, *exclusive, *auto_delete, false]));
-            put_table(buf, arguments);
+        } => codec::QueueDeclare {
+            queue: short(queue),
+            passive: *passive,
+            durable: *durable,
+            exclusive: *exclusive,
+            auto_delete: *auto_delete,
+            nowait: false,
+            arguments: field_table(arguments),
         }
+        .into(),
         Out::QueueBind {
             queue,
             exchange,
             routing_key,
             arguments,
-        } => {
-            buf.put_u16(50);
-            buf.put_u16(20);
-            buf.put_u16(0);
-            put_short_str(buf, queue);
-            put_short_str(buf, exchange);
-            put_short_str(buf, routing_key);
-            buf.put_u8(0);
-            put_table(buf, arguments);
+        } => codec::QueueBind {
+            queue: short(queue),
+            exchange: short(exchange),
+            routing_key: short(routing_key),
+            nowait: false,
+            arguments: field_table(arguments),
         }
-        Out::QueuePurge { queue } => {
-            buf.put_u16(50);
-            buf.put_u16(30);
-            buf.put_u16(0);
-            put_short_str(buf, queue);
-            buf.put_u8(0);
+        .into(),
+        Out::QueuePurge { queue } => codec::QueuePurge {
+            queue: short(queue),
+            nowait: false,
         }
-        Out::QueueDelete { queue } => {
-            buf.put_u16(50);
-            buf.put_u16(40);
-            buf.put_u16(0);
-            put_short_str(buf, queue);
-            buf.put_u8(0);
+        .into(),
+        Out::QueueDelete { queue } => codec::QueueDelete {
+            queue: short(queue),
+            if_unused: false,
+            if_empty: false,
+            nowait: false,
         }
-        Out::BasicQos { prefetch_count } => {
-            buf.put_u16(60);
-            buf.put_u16(10);
-            buf.put_u32(0);
-            buf.put_u16(*prefetch_count);
-            buf.put_u8(0);
+        .into(),
+        Out::BasicQos { prefetch_count } => codec::BasicQos {
+            prefetch_size: 0,
+            prefetch_count: *prefetch_count,
+            global: false,
         }
+        .into(),
         Out::BasicConsume {
             queue,
             consumer_tag,
             no_ack,
-        } => {
-            buf.put_u16(60);
-            buf.put_u16(20);
-            buf.put_u16(0);
-            put_short_str(buf, queue);
-            put_short_str(buf, consumer_tag);
-            buf.put_u8(bits(&[false, *no_ack, false, false]));
-            put_table(buf, &empty);
+        } => codec::BasicConsume {
+            queue: short(queue),
+            consumer_tag: short(consumer_tag),
+            no_local: false,
+            no_ack: *no_ack,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
         }
+        .into(),
         Out::BasicPublish {
             exchange,
             routing_key,
-        } => {
-            buf.put_u16(60);
-            buf.put_u16(40);
-            buf.put_u16(0);
-            put_short_str(buf, exchange);
-            put_short_str(buf, routing_key);
-            buf.put_u8(0);
+        } => codec::BasicPublish {
+            exchange: short(exchange),
+            routing_key: short(routing_key),
+            mandatory: false,
+            immediate: false,
         }
+        .into(),
         Out::BasicAck {
             delivery_tag,
             multiple,
-        } => {
-            buf.put_u16(60);
-            buf.put_u16(80);
-            buf.put_u64(*delivery_tag);
-            buf.put_u8(u8::from(*multiple));
+        } => codec::BasicAck {
+            delivery_tag: *delivery_tag,
+            multiple: *multiple,
         }
-        Out::ConfirmSelect => {
-            buf.put_u16(85);
-            buf.put_u16(10);
-            buf.put_u8(0);
-        }
+        .into(),
+        Out::ConfirmSelect => codec::ConfirmSelect { nowait: false }.into(),
     }
-    let size = (buf.len() - size_at - 4) as u32;
-    buf[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
-    buf.put_u8(FRAME_END);
+}
+
+/// Appends one method frame to `buf`.
+pub fn put_method(buf: &mut BytesMut, channel: u16, method: &Out<'_>) {
+    // Basic.ack is the one method sent per batch of messages; skip building a `Method` for it.
+    if let Out::BasicAck {
+        delivery_tag,
+        multiple,
+    } = method
+    {
+        buf.put_slice(&[1]);
+        buf.put_u16(channel);
+        buf.put_u32(13);
+        buf.put_u16(60);
+        buf.put_u16(80);
+        buf.put_u64(*delivery_tag);
+        buf.put_u8(u8::from(*multiple));
+        buf.put_u8(0xCE);
+        return;
+    }
+    codec::frame::encode_method_frame(channel, &to_method(method), buf);
 }
 
 /// Appends a `basic` content header frame: body size, and the properties the generator sets
@@ -413,221 +367,93 @@ pub fn put_header(
     persistent: bool,
     headers: Option<&Table>,
 ) {
-    buf.put_u8(FRAME_HEADER);
-    buf.put_u16(channel);
-    let size_at = buf.len();
-    buf.put_u32(0);
-    buf.put_u16(CLASS_BASIC);
-    buf.put_u16(0);
-    buf.put_u64(body_size);
-    let mut flags = 0u16;
-    if headers.is_some() {
-        flags |= 1 << 13;
-    }
-    if persistent {
-        flags |= 1 << 12;
-    }
-    buf.put_u16(flags);
-    if let Some(headers) = headers {
-        put_table(buf, headers);
-    }
-    if persistent {
-        buf.put_u8(2);
-    }
-    let size = (buf.len() - size_at - 4) as u32;
-    buf[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
-    buf.put_u8(FRAME_END);
+    let properties = codec::BasicProperties {
+        headers: headers.map(field_table),
+        delivery_mode: persistent.then_some(2),
+        ..Default::default()
+    };
+    codec::frame::encode_basic_header_frame(channel, body_size, &properties, buf);
 }
 
 /// Appends body frames for `body`, split so that no frame exceeds `frame_max`.
 pub fn put_body(buf: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32) {
-    let chunk = (frame_max as usize).saturating_sub(8).max(1);
-    for part in body.chunks(chunk) {
-        buf.put_u8(FRAME_BODY);
-        buf.put_u16(channel);
-        buf.put_u32(part.len() as u32);
-        buf.put_slice(part);
-        buf.put_u8(FRAME_END);
-    }
+    codec::frame::encode_body_frames(channel, body, frame_max, buf);
 }
 
-/// A cursor over a method's arguments that reports truncation instead of panicking.
-struct Args<'a> {
-    bytes: &'a [u8],
-    class_id: u16,
-    method_id: u16,
-}
-
-impl Args<'_> {
-    fn truncated(&self) -> WireError {
-        WireError::Truncated {
-            class_id: self.class_id,
-            method_id: self.method_id,
-        }
+fn from_method(method: Method) -> In {
+    match method {
+        Method::ConnectionStart(_) => In::ConnectionStart,
+        Method::ConnectionTune(m) => In::ConnectionTune {
+            channel_max: m.channel_max,
+            frame_max: m.frame_max,
+            heartbeat: m.heartbeat,
+        },
+        Method::ConnectionOpenOk(_) => In::ConnectionOpenOk,
+        Method::ConnectionClose(m) => In::ConnectionClose {
+            code: m.reply_code,
+            text: m.reply_text.to_string(),
+        },
+        Method::ConnectionCloseOk(_) => In::ConnectionCloseOk,
+        Method::ConnectionBlocked(_) => In::ConnectionBlocked,
+        Method::ConnectionUnblocked(_) => In::ConnectionUnblocked,
+        Method::ChannelOpenOk(_) => In::ChannelOpenOk,
+        Method::ChannelClose(m) => In::ChannelClose {
+            code: m.reply_code,
+            text: m.reply_text.to_string(),
+        },
+        Method::ChannelCloseOk(_) => In::ChannelCloseOk,
+        Method::ExchangeDeclareOk(_) => In::ExchangeDeclareOk,
+        Method::ExchangeDeleteOk(_) => In::ExchangeDeleteOk,
+        Method::QueueDeclareOk(m) => In::QueueDeclareOk {
+            message_count: m.message_count,
+        },
+        Method::QueueBindOk(_) => In::QueueBindOk,
+        Method::QueuePurgeOk(m) => In::QueuePurgeOk {
+            message_count: m.message_count,
+        },
+        Method::QueueDeleteOk(m) => In::QueueDeleteOk {
+            message_count: m.message_count,
+        },
+        Method::BasicQosOk(_) => In::BasicQosOk,
+        Method::BasicConsumeOk(_) => In::BasicConsumeOk,
+        Method::BasicCancel(_) => In::BasicCancel,
+        Method::BasicReturn(m) => In::BasicReturn { code: m.reply_code },
+        Method::BasicDeliver(m) => In::BasicDeliver {
+            delivery_tag: m.delivery_tag,
+            redelivered: m.redelivered,
+        },
+        Method::BasicAck(m) => In::BasicAck {
+            delivery_tag: m.delivery_tag,
+            multiple: m.multiple,
+        },
+        Method::BasicNack(m) => In::BasicNack {
+            delivery_tag: m.delivery_tag,
+            multiple: m.multiple,
+        },
+        Method::ConfirmSelectOk(_) => In::ConfirmSelectOk,
+        other => In::Other {
+            class_id: other.class_id(),
+            method_id: other.method_id(),
+        },
     }
-    fn u8(&mut self) -> Result<u8, WireError> {
-        if self.bytes.is_empty() {
-            return Err(self.truncated());
-        }
-        Ok(self.bytes.get_u8())
-    }
-    fn u16(&mut self) -> Result<u16, WireError> {
-        if self.bytes.len() < 2 {
-            return Err(self.truncated());
-        }
-        Ok(self.bytes.get_u16())
-    }
-    fn u32(&mut self) -> Result<u32, WireError> {
-        if self.bytes.len() < 4 {
-            return Err(self.truncated());
-        }
-        Ok(self.bytes.get_u32())
-    }
-    fn u64(&mut self) -> Result<u64, WireError> {
-        if self.bytes.len() < 8 {
-            return Err(self.truncated());
-        }
-        Ok(self.bytes.get_u64())
-    }
-    fn short_str(&mut self) -> Result<String, WireError> {
-        let len = usize::from(self.u8()?);
-        if self.bytes.len() < len {
-            return Err(self.truncated());
-        }
-        let s = String::from_utf8_lossy(&self.bytes[..len]).into_owned();
-        self.bytes.advance(len);
-        Ok(s)
-    }
-    fn skip_short_str(&mut self) -> Result<(), WireError> {
-        let len = usize::from(self.u8()?);
-        if self.bytes.len() < len {
-            return Err(self.truncated());
-        }
-        self.bytes.advance(len);
-        Ok(())
-    }
-}
-
-fn decode_method(payload: &[u8]) -> Result<In, WireError> {
-    let mut args = Args {
-        bytes: payload,
-        class_id: 0,
-        method_id: 0,
-    };
-    let class_id = args.u16()?;
-    let method_id = args.u16()?;
-    args.class_id = class_id;
-    args.method_id = method_id;
-    Ok(match (class_id, method_id) {
-        (10, 10) => In::ConnectionStart,
-        (10, 30) => In::ConnectionTune {
-            channel_max: args.u16()?,
-            frame_max: args.u32()?,
-            heartbeat: args.u16()?,
-        },
-        (10, 41) => In::ConnectionOpenOk,
-        (10, 50) => In::ConnectionClose {
-            code: args.u16()?,
-            text: args.short_str()?,
-        },
-        (10, 51) => In::ConnectionCloseOk,
-        (10, 60) => In::ConnectionBlocked,
-        (10, 61) => In::ConnectionUnblocked,
-        (20, 11) => In::ChannelOpenOk,
-        (20, 40) => In::ChannelClose {
-            code: args.u16()?,
-            text: args.short_str()?,
-        },
-        (20, 41) => In::ChannelCloseOk,
-        (40, 11) => In::ExchangeDeclareOk,
-        (40, 21) => In::ExchangeDeleteOk,
-        (50, 11) => {
-            args.skip_short_str()?;
-            In::QueueDeclareOk {
-                message_count: args.u32()?,
-            }
-        }
-        (50, 21) => In::QueueBindOk,
-        (50, 31) => In::QueuePurgeOk {
-            message_count: args.u32()?,
-        },
-        (50, 41) => In::QueueDeleteOk {
-            message_count: args.u32()?,
-        },
-        (60, 11) => In::BasicQosOk,
-        (60, 21) => In::BasicConsumeOk,
-        (60, 30) => In::BasicCancel,
-        (60, 50) => In::BasicReturn { code: args.u16()? },
-        (60, 60) => {
-            args.skip_short_str()?;
-            let delivery_tag = args.u64()?;
-            let redelivered = args.u8()? & 1 != 0;
-            In::BasicDeliver {
-                delivery_tag,
-                redelivered,
-            }
-        }
-        (60, 80) => In::BasicAck {
-            delivery_tag: args.u64()?,
-            multiple: args.u8()? & 1 != 0,
-        },
-        (60, 120) => In::BasicNack {
-            delivery_tag: args.u64()?,
-            multiple: args.u8()? & 1 != 0,
-        },
-        (85, 11) => In::ConfirmSelectOk,
-        _ => In::Other {
-            class_id,
-            method_id,
-        },
-    })
 }
 
 /// Takes one whole frame off the front of `buf`, or `Ok(None)` until one is buffered.
 pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-    if buf.len() < 7 {
+    let Some(frame) = codec::decode_frame(buf, MAX_FRAME)? else {
         return Ok(None);
-    }
-    let kind = buf[0];
-    let channel = u16::from_be_bytes([buf[1], buf[2]]);
-    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if size > MAX_FRAME {
-        return Err(WireError::FrameTooLarge(size));
-    }
-    if buf.len() < 7 + size + 1 {
-        buf.reserve(7 + size + 1 - buf.len());
-        return Ok(None);
-    }
-    if buf[7 + size] != FRAME_END {
-        return Err(WireError::BadFrameEnd);
-    }
-    buf.advance(7);
-    let payload = buf.split_to(size);
-    buf.advance(1);
-    Ok(Some(match kind {
-        FRAME_METHOD => Frame::Method {
+    };
+    Ok(Some(match frame {
+        codec::Frame::Method { channel, method } => Frame::Method {
             channel,
-            method: decode_method(&payload)?,
+            method: from_method(method),
         },
-        FRAME_HEADER => {
-            let mut args = Args {
-                bytes: &payload,
-                class_id: CLASS_BASIC,
-                method_id: 0,
-            };
-            let _class = args.u16()?;
-            let _weight = args.u16()?;
-            Frame::Header {
-                channel,
-                body_size: args.u64()?,
-            }
-        }
-        FRAME_BODY => Frame::Body {
+        codec::Frame::Header { channel, header } => Frame::Header {
             channel,
-            payload: payload.freeze(),
+            body_size: header.body_size,
         },
-        FRAME_HEARTBEAT => Frame::Heartbeat,
-        other => return Err(WireError::BadFrameType(other)),
+        codec::Frame::Body { channel, payload } => Frame::Body { channel, payload },
+        codec::Frame::Heartbeat { .. } => Frame::Heartbeat,
     }))
 }
 
@@ -700,6 +526,6 @@ mod tests {
         let mut buf = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 2, 0, 60, 0xCE][..]);
         assert!(decode(&mut buf).is_err());
         let mut buf = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 1, 0, 0x00][..]);
-        assert!(matches!(decode(&mut buf), Err(WireError::BadFrameEnd)));
+        assert!(decode(&mut buf).is_err(), "bad frame end");
     }
 }

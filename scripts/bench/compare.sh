@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Runs the standard scenarios S1-S7 side by side against Warren and RabbitMQ on this machine,
+# interleaved (Warren and RabbitMQ alternate which goes first), ROUNDS times each, and writes the
+# table of medians and Warren/RabbitMQ ratios into docs/performance.md.
+#
+# Usage: scripts/bench/compare.sh [--quick] [--no-write] [--only S1,S3,...]
+# Environment:
+#   ROUNDS (3)             rounds per scenario and broker
+#   DURATION (10)          seconds of publishing for S1-S4 and S7 (--quick: 3)
+#   BACKLOG (1000000)      messages in S5 (--quick: 100000)
+#   IDLE_CONNS (500)       connections in S6, for both brokers (see docs/performance.md)
+#   RABBIT_URI (amqp://guest:guest@127.0.0.1:5672/%2f), RABBIT_PID (pgrep -f beam.smp)
+#   WARREN_BIN (target/release/warren), LOADGEN_BIN (target/release/warren-loadgen)
+#   OUT_DIR (a fresh directory under /tmp)  where the JSON lines and logs go
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$ROOT"
+
+QUICK=0
+WRITE=1
+ONLY=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --no-write) WRITE=0 ;;
+        --only) ONLY="$2"; shift ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+ROUNDS="${ROUNDS:-3}"
+if [[ $QUICK == 1 ]]; then
+    DURATION="${DURATION:-3}"
+    BACKLOG="${BACKLOG:-100000}"
+else
+    DURATION="${DURATION:-10}"
+    BACKLOG="${BACKLOG:-1000000}"
+fi
+IDLE_CONNS="${IDLE_CONNS:-500}"
+RABBIT_URI="${RABBIT_URI:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+RABBIT_PID="${RABBIT_PID:-$(pgrep -f beam.smp | head -1 || true)}"
+WARREN_BIN="${WARREN_BIN:-$ROOT/target/release/warren}"
+LOADGEN_BIN="${LOADGEN_BIN:-$ROOT/target/release/warren-loadgen}"
+OUT_DIR="${OUT_DIR:-$(mktemp -d /tmp/warren-compare.XXXXXX)}"
+mkdir -p "$OUT_DIR"
+RESULTS="$OUT_DIR/results.jsonl"
+: >"$RESULTS"
+
+if [[ ! -x "$WARREN_BIN" || ! -x "$LOADGEN_BIN" ]]; then
+    cargo build --release -p warren-server -p warren-loadgen
+fi
+if [[ -z "$RABBIT_PID" ]]; then
+    echo "no RabbitMQ (beam.smp) process found; set RABBIT_PID" >&2
+    exit 2
+fi
+
+# Scenario name -> loadgen arguments. Every run is bounded: a time or a count, and a drain timeout.
+declare -A SCENARIO
+SCENARIO[S1]="--time $DURATION --size 16 --autoack"
+SCENARIO[S2]="--time $DURATION --size 1024 --prefetch 1000 --multi-ack 100"
+SCENARIO[S3]="--time $DURATION --size 1024 --persistent --durable --confirm 1000 --prefetch 1000 --multi-ack 100"
+SCENARIO[S4]="--time $DURATION --size 256 --exchange-type fanout --queues 10 --consumers 10 --autoack"
+SCENARIO[S5]="--mode backlog --backlog $BACKLOG --size 256 --confirm 1000 --prefetch 1000 --multi-ack 100 --settle 2"
+SCENARIO[S6]="--mode idle --connections $IDLE_CONNS --settle 3"
+SCENARIO[S7]="--time $DURATION --size 256 --rate 1000 --autoack"
+ORDER=(S6 S1 S2 S3 S4 S7 S5)
+if [[ -n "$ONLY" ]]; then
+    IFS=, read -r -a ORDER <<<"$ONLY"
+fi
+
+WARREN_PID=""
+WARREN_URI=""
+stop_warren() {
+    if [[ -n "$WARREN_PID" ]]; then
+        kill "$WARREN_PID" 2>/dev/null || true
+        wait "$WARREN_PID" 2>/dev/null || true
+        WARREN_PID=""
+    fi
+}
+trap stop_warren EXIT
+
+# Starts a fresh Warren (on disk for S3, in memory otherwise) and sets WARREN_PID and WARREN_URI.
+start_warren() {
+    local scenario="$1" log="$OUT_DIR/warren-$1-$2.log"
+    local storage=(--ephemeral)
+    if [[ $scenario == S3 ]]; then
+        local dir="$OUT_DIR/warren-data-$2"
+        rm -rf "$dir"
+        storage=(--data-dir "$dir")
+    fi
+    "$WARREN_BIN" --listen 127.0.0.1:0 "${storage[@]}" >"$log" 2>&1 &
+    WARREN_PID=$!
+    for _ in $(seq 100); do
+        local addr
+        addr="$(grep -oE 'listening on [0-9.]+:[0-9]+' "$log" | head -1 | awk '{print $3}' || true)"
+        if [[ -n "$addr" ]]; then
+            WARREN_URI="amqp://guest:guest@$addr/%2f"
+            return 0
+        fi
+        if ! kill -0 "$WARREN_PID" 2>/dev/null; then
+            break
+        fi
+        sleep 0.1
+    done
+    echo "warren did not start; see $log" >&2
+    WARREN_PID=""
+    return 1
+}
+
+# Runs one scenario against one broker and appends its JSON line (or a failure record).
+run_one() {
+    local scenario="$1" broker="$2" round="$3" uri pid
+    local label="$scenario $broker $round"
+    if [[ $broker == warren ]]; then
+        if ! start_warren "$scenario" "$round"; then
+            printf '{"label":"%s","scenario":"%s","broker":"%s","round":%s,"ok":false,"errors":["warren did not start"]}\n' \
+                "$label" "$scenario" "$broker" "$round" >>"$RESULTS"
+            return
+        fi
+        uri="$WARREN_URI"
+        pid="$WARREN_PID"
+    else
+        uri="$RABBIT_URI"
+        pid="$RABBIT_PID"
+    fi
+    local out="$OUT_DIR/$scenario-$broker-$round"
+    echo "== $label" >&2
+    # shellcheck disable=SC2086
+    timeout 300 "$LOADGEN_BIN" --uri "$uri" --broker-pid "$pid" --prefix "loadgen.cmp.$scenario" \
+        --drain-timeout 10 --quiet --label "$label" ${SCENARIO[$scenario]} >"$out.json" 2>"$out.err" || true
+    if [[ $broker == warren ]] && ! kill -0 "$WARREN_PID" 2>/dev/null; then
+        echo "warren exited during $label" >>"$out.err"
+    fi
+    stop_warren
+    local line
+    line="$(tail -1 "$out.json" 2>/dev/null || true)"
+    if [[ $line == \{* ]]; then
+        jq -c --arg s "$scenario" --arg b "$broker" --argjson r "$round" \
+            '. + {"scenario": $s, "side": $b, "round": $r}' <<<"$line" >>"$RESULTS"
+    else
+        jq -nc --arg l "$label" --arg s "$scenario" --arg b "$broker" --argjson r "$round" \
+            --arg e "$(tail -3 "$out.err" | tr '\n' ' ')" \
+            '{"label": $l, "scenario": $s, "side": $b, "round": $r, "ok": false, "errors": [$e]}' >>"$RESULTS"
+    fi
+    jq -c '{label: .label, ok: .ok, consume_rate: .consume_rate, errors: .errors}' <<<"$(tail -1 "$RESULTS")" >&2
+}
+
+for round in $(seq "$ROUNDS"); do
+    for scenario in "${ORDER[@]}"; do
+        if (( round % 2 == 1 )); then
+            run_one "$scenario" warren "$round"
+            run_one "$scenario" rabbitmq "$round"
+        else
+            run_one "$scenario" rabbitmq "$round"
+            run_one "$scenario" warren "$round"
+        fi
+    done
+done
+
+echo "results: $RESULTS" >&2
+args=(--results "$RESULTS" --rounds "$ROUNDS" --duration "$DURATION" --backlog "$BACKLOG" --idle-conns "$IDLE_CONNS")
+if [[ $WRITE == 1 ]]; then
+    args+=(--write "$ROOT/docs/performance.md")
+fi
+python3 "$ROOT/scripts/bench/summarize.py" "${args[@]}"
