@@ -905,3 +905,19 @@ def test_consumer_priority(connection, names):
         connection.process_data_events(time_limit=0.05)
     # An active higher-priority consumer with credit gets every message.
     assert got == {"low": [], "high": [str(i).encode() for i in range(6)]}
+
+
+# -- the example program in interop/python/examples ------------------------------------------
+
+
+def test_example_publish_consume():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent / "examples" / "publish_consume.py"
+    run = subprocess.run(
+        [sys.executable, str(example), BROKER.url()], capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("received 'hello from pika' from amq.gen-"), run.stdout

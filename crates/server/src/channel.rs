@@ -817,7 +817,8 @@ impl Channel {
         let global = self.shared.global_prefetch.load(Ordering::Relaxed) != 0;
         for entry in entries {
             match kind {
-                AckKind::Ack | AckKind::Reject { requeue: false } => entry.queue.ack(entry.offset),
+                AckKind::Ack => entry.queue.ack(entry.offset),
+                AckKind::Reject { requeue: false } => entry.queue.reject(entry.offset),
                 AckKind::Reject { requeue: true } => entry.queue.requeue(entry.offset),
             }
             let freed = entry.consumer.is_some();
@@ -943,6 +944,14 @@ impl Channel {
                 &mut self.route_buf,
             )?;
         }
+        // BCC routing keys are used for routing, then removed from what consumers see.
+        if let Some(headers) = publish.properties.headers.as_mut()
+            && headers.remove(b"BCC").is_some()
+        {
+            let mut raw = bytes::BytesMut::new();
+            publish.properties.encode(&mut raw);
+            publish.raw_properties = raw.freeze();
+        }
         let persistent = publish.properties.delivery_mode == Some(2);
         // The furthest log position this message was written at, if any queue logged it.
         let mut lsn: Option<Lsn> = None;
@@ -964,15 +973,24 @@ impl Channel {
                 ctx.out.content(n, &publish.raw_properties, &publish.body);
             }
         } else {
-            let message = Arc::new(
-                Message::new(
-                    publish.exchange,
-                    publish.routing_key,
-                    publish.raw_properties,
-                    publish.body,
-                )
-                .with_persistent(persistent),
-            );
+            let mut message = Message::new(
+                publish.exchange,
+                publish.routing_key,
+                publish.raw_properties,
+                publish.body,
+            )
+            .with_persistent(persistent);
+            // Per-message TTL: the expiration property, in milliseconds, as a string.
+            if let Some(ttl) = publish
+                .properties
+                .expiration
+                .as_ref()
+                .and_then(|e| e.as_str())
+                .and_then(|e| e.parse::<u64>().ok())
+            {
+                message.expires_at_ms = Some(crate::queue::now_ms().saturating_add(ttl));
+            }
+            let message = Arc::new(message);
             let mut record = |outcome: Published| match outcome {
                 Published::Queued(at) => lsn = lsn.max(at),
                 Published::Rejected => rejected = true,

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import amqplib from "amqplib";
-import { BROKER, amqplibOptions, client, settle, sleep, track, waitFor } from "../lib/helpers.mjs";
+import { BROKER, amqplibOptions, brokerUrl, client, settle, sleep, track, waitFor } from "../lib/helpers.mjs";
 
 const scenario = client("amqplib");
 
@@ -760,4 +760,18 @@ scenario("consumer_priority", async (n) => {
   // An active higher-priority consumer with credit gets every message.
   assert.deepEqual(got, { low: [], high: ["0", "1", "2", "3", "4", "5"] });
   await connection.close();
+});
+
+// -- the example program in interop/node/examples -----------------------------------------------
+
+scenario("example_publish_consume", async () => {
+  const { execFile } = await import("node:child_process");
+  const { fileURLToPath } = await import("node:url");
+  const example = fileURLToPath(new URL("../examples/publish_consume.mjs", import.meta.url));
+  const stdout = await new Promise((resolve, reject) => {
+    execFile(process.execPath, [example, brokerUrl()], { timeout: 20000 }, (error, out, err) =>
+      error ? reject(new Error(`${error.message}\n${err}`)) : resolve(out),
+    );
+  });
+  assert.match(stdout, /^received 'hello from amqplib' from amq\.gen-/);
 });
