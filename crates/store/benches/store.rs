@@ -123,6 +123,31 @@ fn durable(c: &mut Criterion) {
             });
         });
     }
+    // A fanout of persistent 1 KiB messages to 10 durable queues: one body record, nine enqueue
+    // records, one fdatasync per 100 publishes.
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("1KiB_fanout_to_10_durable_queues_sync_every_100", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let mut queues: Vec<Queue> = (0..10)
+            .map(|n| store.declare_queue(&queue_def(&format!("fan{n}"))).unwrap())
+            .collect();
+        b.iter(|| {
+            for _ in 0..100 {
+                let shared = message(1024, true);
+                for queue in &mut queues {
+                    queue.push(Arc::clone(&shared));
+                }
+            }
+            store.sync().unwrap();
+            for queue in &mut queues {
+                while let Some(delivery) = queue.pop() {
+                    queue.ack(delivery.offset);
+                }
+            }
+        });
+    });
+
     // Consumers draining a backlog whose bodies were paged out: one pread per message.
     group.throughput(Throughput::Elements(10_000));
     group.bench_function("1KiB_drain_10000_paged_out", |b| {

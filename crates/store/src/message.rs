@@ -10,7 +10,7 @@ use warren_codec::ShortString;
 ///
 /// Fields are public for reading; the struct is `#[non_exhaustive]` so that fields can be added
 /// (for instance for TTL or priorities) without breaking callers: build it with [`Message::new`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct Message {
     /// The exchange named in `basic.publish`, as received (empty for the default exchange).
@@ -52,6 +52,24 @@ impl PartialEq for Message {
 }
 
 impl Eq for Message {}
+
+impl Clone for Message {
+    /// A copy that was not logged anywhere: the broker clones a message to change it (a queue's
+    /// TTL deadline), so the copy must not point at the original's record, which holds the
+    /// original's fields.
+    fn clone(&self) -> Message {
+        Message {
+            exchange: self.exchange.clone(),
+            routing_key: self.routing_key.clone(),
+            properties: self.properties.clone(),
+            body: self.body.clone(),
+            persistent: self.persistent,
+            priority: self.priority,
+            expires_at_ms: self.expires_at_ms,
+            logged: OnceLock::new(),
+        }
+    }
+}
 
 /// Bytes a message costs beyond its buffers: the struct itself and the `Arc` counters.
 const MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>() + 2 * std::mem::size_of::<usize>();

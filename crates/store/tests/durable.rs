@@ -751,3 +751,25 @@ fn a_fanout_to_durable_queues_writes_the_body_once_and_each_queue_keeps_it() {
     store.sync().unwrap();
     assert!(store.segment_count() <= 2, "{}", store.segment_count());
 }
+
+#[test]
+fn a_changed_copy_of_a_fanned_out_message_keeps_its_own_fields_across_a_restart() {
+    let backend = MemBackend::new();
+    let (store, _) = open(&backend);
+    let mut plain = store.declare_queue(&queue_def("plain")).unwrap();
+    let mut ttl = store.declare_queue(&queue_def("ttl")).unwrap();
+    let original = message("body", true);
+    plain.push(Arc::clone(&original));
+    // The broker gives a queue with x-message-ttl its own copy with a deadline.
+    let mut copy = Message::clone(&original);
+    copy.expires_at_ms = Some(123_456);
+    ttl.push(Arc::new(copy));
+    store.close().unwrap();
+    drop((plain, ttl, store));
+
+    let (_store, mut recovery) = open(&backend);
+    let plain = take_queue(&mut recovery, "plain").pop().unwrap();
+    let ttl = take_queue(&mut recovery, "ttl").pop().unwrap();
+    assert_eq!(plain.message.expires_at_ms, None);
+    assert_eq!(ttl.message.expires_at_ms, Some(123_456));
+}
