@@ -285,3 +285,28 @@ async fn dropped_head_is_dead_lettered_as_maxlen() {
         "maxlen"
     );
 }
+
+#[tokio::test]
+async fn unused_queue_expires_with_x_expires() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongInt(100));
+    channel
+        .queue_declare("idle".into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let err = channel
+        .queue_declare(
+            "idle".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(warren_tests::amqp_error(&err).map(|e| e.0), Some(404));
+}

@@ -229,6 +229,9 @@ fn recover(vhosts: &HashMap<String, Arc<VHost>>, recovery: Recovery) {
             messages,
         ));
         queue.set_dead_letter_sink(vhost.me.clone());
+        if queue.expires.is_some() {
+            vhost.register_expiring(Arc::downgrade(&queue));
+        }
         vhost.topology.add_queue(def.name.clone(), queue);
     }
     for def in recovery.bindings {
@@ -579,6 +582,7 @@ impl VHost {
             {
                 return Err(locked(&queue.name).into());
             }
+            queue.touch();
             if declare.passive {
                 return Ok((queue, false));
             }
@@ -631,6 +635,9 @@ impl VHost {
             messages,
         ));
         queue.set_dead_letter_sink(self.me.clone());
+        if queue.expires.is_some() {
+            self.register_expiring(Arc::downgrade(&queue));
+        }
         if self.topology.add_queue(name.clone(), Arc::clone(&queue)) {
             Ok((queue, true))
         } else {
@@ -764,7 +771,12 @@ impl VHost {
             list.iter().filter_map(std::sync::Weak::upgrade).collect()
         };
         for queue in queues {
-            queue.expire();
+            if queue.unused_for_too_long() {
+                tracing::debug!(queue = %queue.name, "x-expires: deleting an unused queue");
+                self.delete_queue(&queue);
+            } else {
+                queue.expire();
+            }
         }
     }
 

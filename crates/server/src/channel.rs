@@ -944,6 +944,14 @@ impl Channel {
                 &mut self.route_buf,
             )?;
         }
+        // BCC routing keys are used for routing, then removed from what consumers see.
+        if let Some(headers) = publish.properties.headers.as_mut()
+            && headers.remove(b"BCC").is_some()
+        {
+            let mut raw = bytes::BytesMut::new();
+            publish.properties.encode(&mut raw);
+            publish.raw_properties = raw.freeze();
+        }
         let persistent = publish.properties.delivery_mode == Some(2);
         // The furthest log position this message was written at, if any queue logged it.
         let mut lsn: Option<Lsn> = None;

@@ -198,6 +198,10 @@ pub struct QueueEntity {
     sink: std::sync::OnceLock<std::sync::Weak<crate::broker::VHost>>,
     /// Set once a message with an expiry was pushed: the vhost's sweep looks at this queue.
     pub expiring: AtomicBool,
+    /// `x-expires` in milliseconds: the queue is deleted after being unused that long.
+    pub expires: Option<u64>,
+    /// When the queue was last used (declared, consumed from, read with basic.get), in ms.
+    last_used: std::sync::atomic::AtomicU64,
     /// Set once the queue is deleted; late publishes and requeues are dropped.
     deleted: AtomicBool,
     /// The broker-wide memory account.
@@ -323,6 +327,8 @@ impl QueueEntity {
             dead_letter,
             sink: std::sync::OnceLock::new(),
             expiring: AtomicBool::new(false),
+            expires: integer_argument(&arguments, b"x-expires"),
+            last_used: std::sync::atomic::AtomicU64::new(now_ms()),
             name,
             vhost,
             durable,
@@ -438,6 +444,20 @@ impl QueueEntity {
         }
     }
 
+    /// Records a use of the queue, for `x-expires`.
+    pub fn touch(&self) {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether `x-expires` has run out: no consumer and no use for that long.
+    pub fn unused_for_too_long(&self) -> bool {
+        let Some(expires) = self.expires else {
+            return false;
+        };
+        let idle = now_ms().saturating_sub(self.last_used.load(Ordering::Relaxed));
+        idle >= expires && self.inner.lock().consumers.is_empty()
+    }
+
     /// Expires what is due (the vhost's sweep calls this for queues with expiring messages).
     pub fn expire(self: &Arc<Self>) {
         let dead = {
@@ -534,6 +554,7 @@ impl QueueEntity {
 
     /// `basic.get`: the next ready message and the number left, or `None` when empty.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Delivery, u32)> {
+        self.touch();
         let (result, dead) = {
             let mut inner = self.inner.lock();
             self.expire_locked(&mut inner);
@@ -619,6 +640,7 @@ impl QueueEntity {
             .unwrap_or(inner.consumers.len());
         inner.consumers.insert(at, consumer);
         inner.had_consumer = true;
+        self.touch();
         self.dispatch_locked(&mut inner);
         Ok(())
     }
@@ -626,6 +648,7 @@ impl QueueEntity {
     /// Detaches a consumer. Returns true when the queue is auto-delete and now unused, in which
     /// case the caller deletes it.
     pub fn detach(&self, consumer: &Arc<Consumer>) -> bool {
+        self.touch();
         let mut inner = self.inner.lock();
         inner.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
         self.auto_delete && inner.had_consumer && inner.consumers.is_empty() && !self.is_deleted()

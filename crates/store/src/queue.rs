@@ -59,8 +59,11 @@ struct Entry {
     message: Arc<Message>,
     /// Delivered before (requeued), or recovered from disk with that flag.
     redelivered: bool,
-    /// End of the message's publish record in the durable log; 0 when it was not logged.
+    /// End of the message's own record (publish or enqueue) in the durable log; 0 when it was
+    /// not logged.
     lsn: u64,
+    /// End of another queue's publish record holding the body (fanout); 0 otherwise.
+    body_lsn: u64,
 }
 
 /// A ready message never delivered; its content may be paged out to the durable log.
@@ -77,8 +80,10 @@ struct Ready {
     redelivered: bool,
     /// End of its publish record in the durable log; 0 when it was not logged.
     lsn: u64,
-    /// Length of that record, to read it back.
+    /// Length of the record holding the body, to read it back.
     record_len: u32,
+    /// End of another queue's publish record holding the body (fanout); 0 when `lsn`'s does.
+    body_lsn: u64,
     /// End of its record in the spill log when its body was spilled there (a message without a
     /// durable record); 0 otherwise.
     spill_lsn: u64,
@@ -166,6 +171,7 @@ impl Queue {
                 redelivered: recovered.redelivered,
                 lsn: recovered.lsn,
                 record_len: recovered.record_len,
+                body_lsn: recovered.body_lsn,
                 spill_lsn: 0,
                 spill_len: 0,
             });
@@ -181,11 +187,11 @@ impl Queue {
             .requeued
             .values()
             .chain(self.unacked.values())
-            .map(|entry| entry.lsn)
-            .chain(self.fresh.iter().map(|ready| ready.lsn));
-        for lsn in lsns {
+            .map(|entry| (entry.lsn, entry.body_lsn))
+            .chain(self.fresh.iter().map(|ready| (ready.lsn, ready.body_lsn)));
+        for (lsn, body_lsn) in lsns {
             if lsn != 0 {
-                journal.forget(lsn);
+                journal.forget(lsn, body_lsn);
             }
         }
         Some(journal)
@@ -201,12 +207,16 @@ impl Queue {
     pub fn push(&mut self, message: Arc<Message>) -> Pushed {
         let offset = self.next_offset;
         self.next_offset += 1;
-        let (lsn, record_len) = match &self.journal {
+        let (lsn, record_len, body_lsn) = match &self.journal {
             Some(journal) if message.persistent => {
-                let (lsn, record_len) = journal.publish(offset, &message, false);
-                (Some(lsn), record_len)
+                let published = journal.publish(offset, &message, false);
+                (
+                    Some(Lsn(published.lsn)),
+                    published.body_len,
+                    published.body_lsn,
+                )
             }
-            _ => (None, 0),
+            _ => (None, 0, 0),
         };
         let body_len = message.body_len();
         self.ready_bytes += body_len;
@@ -217,6 +227,7 @@ impl Queue {
             redelivered: false,
             lsn: lsn.map_or(0, |lsn| lsn.0),
             record_len,
+            body_lsn,
             spill_lsn: 0,
             spill_len: 0,
         });
@@ -251,7 +262,7 @@ impl Queue {
         if let Some(journal) = &self.journal
             && entry.lsn != 0
         {
-            journal.ack(entry.offset, entry.lsn);
+            journal.ack(entry.offset, entry.lsn, entry.body_lsn);
         }
         Some(Delivery {
             offset: entry.offset,
@@ -268,7 +279,7 @@ impl Queue {
         if let Some(journal) = &self.journal
             && entry.lsn != 0
         {
-            journal.ack(offset, entry.lsn);
+            journal.ack(offset, entry.lsn, entry.body_lsn);
         }
         Some(entry.message)
     }
@@ -292,16 +303,15 @@ impl Queue {
     /// its `redelivered` flag unchanged. A durable queue logs it again, since `pop_no_ack` logged
     /// it as acked.
     pub fn restore(&mut self, delivery: Delivery) {
-        let lsn = match &self.journal {
+        let (lsn, body_lsn) = match &self.journal {
             Some(journal) if delivery.message.persistent => {
                 // The record carries the flag itself: a separate delivery record could be lost
                 // while the publish survives.
-                (journal
-                    .publish(delivery.offset, &delivery.message, delivery.redelivered)
-                    .0)
-                    .0
+                let published =
+                    journal.publish(delivery.offset, &delivery.message, delivery.redelivered);
+                (published.lsn, published.body_lsn)
             }
-            _ => 0,
+            _ => (0, 0),
         };
         self.ready_bytes += delivery.message.body_len();
         // A popped offset is below every message still in `fresh`, so it belongs in `requeued`.
@@ -312,6 +322,7 @@ impl Queue {
                 message: delivery.message,
                 redelivered: delivery.redelivered,
                 lsn,
+                body_lsn,
             },
         );
     }
@@ -326,11 +337,15 @@ impl Queue {
         if let Some(journal) = &self.journal {
             let logged = requeued
                 .values()
-                .map(|entry| (entry.offset, entry.lsn))
-                .chain(fresh.iter().map(|ready| (ready.offset, ready.lsn)));
-            for (offset, lsn) in logged {
+                .map(|entry| (entry.offset, entry.lsn, entry.body_lsn))
+                .chain(
+                    fresh
+                        .iter()
+                        .map(|ready| (ready.offset, ready.lsn, ready.body_lsn)),
+                );
+            for (offset, lsn, body_lsn) in logged {
                 if lsn != 0 {
-                    journal.ack(offset, lsn);
+                    journal.ack(offset, lsn, body_lsn);
                 }
             }
         }
@@ -411,9 +426,9 @@ impl Queue {
             } else if ready.lsn == 0
                 && let Some(spill) = &self.spill
             {
-                let (lsn, len) = spill.publish(0, ready.offset, message, ready.redelivered);
-                ready.spill_lsn = lsn.0;
-                ready.spill_len = len;
+                let published = spill.publish(0, ready.offset, message, ready.redelivered);
+                ready.spill_lsn = published.lsn;
+                ready.spill_len = published.body_len;
                 spilled.push(index);
             }
         }
@@ -513,7 +528,12 @@ impl Queue {
             offset: ready.lsn,
             reason: "paged out without a log".to_owned(),
         })?;
-        journal.read(ready.lsn, ready.record_len).map(Arc::new)
+        let body = if ready.body_lsn != 0 {
+            ready.body_lsn
+        } else {
+            ready.lsn
+        };
+        journal.read(body, ready.record_len).map(Arc::new)
     }
 
     /// Forgets every spilled body (purge, delete): their spill records are dead.
@@ -556,7 +576,7 @@ impl Queue {
                             if let Some(journal) = &self.journal
                                 && ready.lsn != 0
                             {
-                                journal.ack(ready.offset, ready.lsn);
+                                journal.ack(ready.offset, ready.lsn, ready.body_lsn);
                             }
                             continue;
                         }
@@ -568,6 +588,7 @@ impl Queue {
                 message,
                 redelivered: ready.redelivered,
                 lsn: ready.lsn,
+                body_lsn: ready.body_lsn,
             });
         }
     }
