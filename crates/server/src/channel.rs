@@ -169,6 +169,8 @@ enum Mode {
     Tx {
         publishes: Vec<Publish>,
         acks: Vec<(AckKind, Vec<Unacked>)>,
+        /// Commits whose commit-ok waits for the store's sync, by log position, in order.
+        commits: VecDeque<Lsn>,
     },
 }
 
@@ -423,6 +425,7 @@ impl Channel {
                         self.mode = Mode::Tx {
                             publishes: Vec::new(),
                             acks: Vec::new(),
+                            commits: VecDeque::new(),
                         }
                     }
                     Mode::Tx { .. } => {}
@@ -430,23 +433,42 @@ impl Channel {
                 ctx.out.method(n, m::TxSelectOk {});
             }
             Method::TxCommit(_) => {
-                let Mode::Tx { publishes, acks } = &mut self.mode else {
+                let Mode::Tx {
+                    publishes, acks, ..
+                } = &mut self.mode
+                else {
                     return Err(
                         ChannelError::precondition_failed("channel is not transactional").into(),
                     );
                 };
                 let publishes = std::mem::take(publishes);
                 let acks = std::mem::take(acks);
+                let mut lsn: Option<Lsn> = None;
                 for publish in publishes {
-                    self.route(publish, ctx)?;
+                    lsn = lsn.max(self.route(publish, ctx)?);
                 }
                 for (kind, entries) in acks {
                     self.settle(kind, entries);
                 }
-                ctx.out.method(n, m::TxCommitOk {});
+                // A commit of persisted messages is answered once they are on disk.
+                let Mode::Tx { commits, .. } = &mut self.mode else {
+                    return Ok(After::Nothing);
+                };
+                match lsn.max(commits.back().copied()) {
+                    None => ctx.out.method(n, m::TxCommitOk {}),
+                    Some(at) => {
+                        commits.push_back(at);
+                        if !ctx.confirm_dirty.contains(&n) {
+                            ctx.confirm_dirty.push(n);
+                        }
+                    }
+                }
             }
             Method::TxRollback(_) => {
-                let Mode::Tx { publishes, acks } = &mut self.mode else {
+                let Mode::Tx {
+                    publishes, acks, ..
+                } = &mut self.mode
+                else {
                     return Err(
                         ChannelError::precondition_failed("channel is not transactional").into(),
                     );
@@ -909,7 +931,13 @@ impl Channel {
         Ok(After::Nothing)
     }
 
-    fn route(&mut self, mut publish: Publish, ctx: &mut ConnCtx<'_>) -> Result<(), AmqpError> {
+    /// Routes one complete message; returns the log position its confirm (or commit) waits
+    /// for, if a queue wrote it to disk.
+    fn route(
+        &mut self,
+        mut publish: Publish,
+        ctx: &mut ConnCtx<'_>,
+    ) -> Result<Option<Lsn>, AmqpError> {
         let n = self.number;
         if publish
             .properties
@@ -1044,13 +1072,42 @@ impl Channel {
                 ctx.confirm_dirty.push(n);
             }
         }
-        Ok(())
+        Ok(lsn)
     }
 
     /// Sends the confirms that are due: those collected in this batch that needed no sync as
     /// one `basic.ack` (with `multiple` for a run), then those whose log position is synced;
     /// a failed sync nacks the ones it may have lost.
     pub fn flush_confirms(&mut self, out: &mut Out, sync: Option<SyncState>) {
+        if let Mode::Tx { commits, .. } = &mut self.mode {
+            let Some(sync) = sync else { return };
+            while let Some(&at) = commits.front() {
+                if at <= sync.synced {
+                    out.method(self.number, m::TxCommitOk {});
+                } else if at <= sync.failed {
+                    // The disk failed under this commit: say so rather than leave the client
+                    // waiting (RabbitMQ would crash the queue).
+                    out.method(
+                        self.number,
+                        m::ChannelClose {
+                            reply_code: ReplyCode::InternalError as u16,
+                            reply_text: ShortString::from_static(
+                                "INTERNAL_ERROR - the store could not sync this transaction",
+                            ),
+                            class_id: 90,
+                            method_id: 20,
+                        },
+                    );
+                    self.closing = true;
+                    commits.clear();
+                    return;
+                } else {
+                    break;
+                }
+                commits.pop_front();
+            }
+            return;
+        }
         let Mode::Confirm {
             pending, waiting, ..
         } = &mut self.mode
@@ -1127,7 +1184,11 @@ impl Channel {
 
     /// Whether confirms wait for the store's sync.
     pub fn has_waiting_confirms(&self) -> bool {
-        matches!(&self.mode, Mode::Confirm { waiting, .. } if !waiting.is_empty())
+        match &self.mode {
+            Mode::Confirm { waiting, .. } => !waiting.is_empty(),
+            Mode::Tx { commits, .. } => !commits.is_empty(),
+            Mode::Plain => false,
+        }
     }
 }
 
