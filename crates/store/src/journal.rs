@@ -1100,6 +1100,13 @@ impl Log {
         sealed + writer.current.end()
     }
 
+    /// Bytes appended but not yet covered by a successful fsync (held in memory until then).
+    pub(crate) fn unsynced_bytes(&self) -> u64 {
+        let writer = self.writer.lock();
+        let sealed: usize = writer.sealed.iter().map(|tail| tail.bytes.len()).sum();
+        (sealed + writer.current.bytes.len()) as u64
+    }
+
     /// Number of segment files.
     pub(crate) fn segment_count(&self) -> usize {
         self.writer.lock().segments.len()

@@ -457,10 +457,27 @@ fn a_full_disk_fails_the_sync_then_the_store_recovers() {
     assert!(matches!(failed.error, StoreError::Io { .. }));
     // Consumers keep being served from memory.
     assert_eq!(queue.ready_count(), 2);
+    // The records wait in memory; the broker blocks publishers past a limit.
+    let waiting = store.unsynced_bytes();
+    for n in 0..10 {
+        queue.push(message(&format!("blocked {n}"), true));
+    }
+    assert!(store.unsynced_bytes() > waiting, "{waiting}");
+    assert!(store.sync().is_err());
+    let deliveries: Vec<_> = std::iter::from_fn(|| queue.pop()).collect();
+    assert_eq!(deliveries.len(), 12);
+    for delivery in deliveries {
+        if delivery.message.body.starts_with(b"blocked") {
+            queue.ack(delivery.offset).unwrap();
+        } else {
+            queue.requeue(delivery.offset);
+        }
+    }
     backend.set_disk_full(false);
     let after = queue.push(message("after", true));
     let synced = store.sync().unwrap();
     assert!(synced >= after.lsn.unwrap());
+    assert_eq!(store.unsynced_bytes(), 0);
     backend.crash(CrashMode::LoseUnsynced);
     let (_store, mut recovery) = open(&backend);
     let popped = drain(&mut take_queue(&mut recovery, "q"));
