@@ -159,6 +159,13 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
+# A run cut short by its timeout leaves its queues behind on the shared RabbitMQ; delete those
+# (only ours: every scenario's names start with loadgen.cmp.).
+if command -v rabbitmqctl >/dev/null; then
+    timeout 60 rabbitmqctl list_queues -q name 2>/dev/null | grep -E '^loadgen\.cmp\.' |
+        while read -r queue; do timeout 30 rabbitmqctl delete_queue "$queue" >/dev/null 2>&1 || true; done || true
+fi
+
 echo "results: $RESULTS" >&2
 args=(--results "$RESULTS" --rounds "$ROUNDS" --duration "$DURATION" --backlog "$BACKLOG" --idle-conns "$IDLE_CONNS")
 if [[ $WRITE == 1 ]]; then

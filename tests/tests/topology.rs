@@ -621,3 +621,90 @@ async fn default_exchange_cannot_be_bound_or_deleted() {
         ))
     );
 }
+
+#[tokio::test]
+async fn cc_and_bcc_headers_add_routing_keys_and_bcc_is_hidden() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    for q in ["to", "cc", "bcc"] {
+        queue(&channel, q).await;
+    }
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "CC".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::LongString("cc".into())].into()),
+    );
+    headers.insert(
+        "BCC".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::LongString("bcc".into())].into()),
+    );
+    channel
+        .basic_publish(
+            "".into(),
+            "to".into(),
+            BasicPublishOptions::default(),
+            b"memo",
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap();
+    for q in ["to", "cc", "bcc"] {
+        let got = channel
+            .basic_get(q.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.delivery.data, b"memo", "{q}");
+        let headers = got.delivery.properties.headers().clone().unwrap();
+        assert!(headers.inner().contains_key("CC"));
+        assert!(
+            !headers.inner().contains_key("BCC"),
+            "BCC is removed before delivery"
+        );
+    }
+}
+
+#[tokio::test]
+async fn empty_queue_name_means_the_last_declared_queue() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    let err = channel
+        .queue_purge("".into(), QueuePurgeOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        amqp_error(&err),
+        Some((404, "NOT_FOUND - no previously declared queue".into()))
+    );
+    let (_conn, channel) = broker.channel().await;
+    let q = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // Queue and routing key both empty: bound with the queue's own name as the key.
+    channel
+        .queue_bind(
+            "".into(),
+            "amq.direct".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    publish(&channel, "amq.direct", q.name().as_str(), b"x").await;
+    assert_eq!(
+        channel
+            .queue_purge("".into(), QueuePurgeOptions::default())
+            .await
+            .unwrap(),
+        1
+    );
+}

@@ -131,26 +131,25 @@ impl ContentHeader {
 
     /// Decodes a header frame's payload (class id, weight, body size, flags, properties).
     pub fn decode(payload: &Bytes) -> Result<ContentHeader, DecodeError> {
-        let (Some(fixed), Some(raw_properties)) = (payload.get(..12), payload.get(12..)) else {
-            return Err(DecodeError::FrameTooShort {
-                frame_type: FRAME_HEADER,
-                size: payload.len(),
-            });
-        };
-        if raw_properties.len() < 2 {
+        ContentHeader::decode_owned(payload.clone())
+    }
+
+    /// As `decode`, taking the payload by value so `raw_properties` reuses its reference.
+    fn decode_owned(mut payload: Bytes) -> Result<ContentHeader, DecodeError> {
+        // Class id, weight and body size, then at least the property flags.
+        if payload.len() < 14 {
             return Err(DecodeError::FrameTooShort {
                 frame_type: FRAME_HEADER,
                 size: payload.len(),
             });
         }
-        let mut fixed = fixed;
-        let class_id = fixed.get_u16();
-        let weight = fixed.get_u16();
-        let body_size = fixed.get_u64();
+        let class_id = payload.get_u16();
+        let weight = payload.get_u16();
+        let body_size = payload.get_u64();
         if weight != 0 {
             return Err(DecodeError::NonZeroWeight(weight));
         }
-        let raw_properties = payload.slice(12..);
+        let raw_properties = payload;
         let properties = if class_id == class_id::BASIC {
             BasicProperties::decode(&raw_properties)
                 .map_err(|source| DecodeError::MalformedProperties { class_id, source })?
@@ -204,8 +203,12 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     if end != FRAME_END {
         return Err(DecodeError::BadFrameEnd(end));
     }
-    let frame = buf.split_to(total).freeze();
-    let payload = frame.slice(7..total - 1);
+    // Split the frame off, then trim header and frame end in place: one reference count
+    // increment per frame, where slicing a frozen frame would take another (and a decrement).
+    let mut frame = buf.split_to(total);
+    frame.advance(7);
+    frame.truncate(size as usize);
+    let payload = frame.freeze();
     let frame = match frame_type {
         FRAME_METHOD => Frame::Method {
             channel,
@@ -213,7 +216,7 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
         },
         FRAME_HEADER => Frame::Header {
             channel,
-            header: ContentHeader::decode(&payload)?,
+            header: ContentHeader::decode_owned(payload)?,
         },
         FRAME_BODY => Frame::Body { channel, payload },
         _ => {

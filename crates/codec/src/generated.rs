@@ -3447,51 +3447,93 @@ impl BasicProperties {
             // Basic has 14 properties: a continuation word can only carry unknown ones.
             return Err(FieldError::PropertyFlagsContinued);
         }
-        let mut properties = BasicProperties::default();
-        if flags & Self::FLAG_CONTENT_TYPE != 0 {
-            properties.content_type = Some(r.shortstr()?);
-        }
-        if flags & Self::FLAG_CONTENT_ENCODING != 0 {
-            properties.content_encoding = Some(r.shortstr()?);
-        }
-        if flags & Self::FLAG_HEADERS != 0 {
-            properties.headers = Some(r.table()?);
-        }
-        if flags & Self::FLAG_DELIVERY_MODE != 0 {
-            properties.delivery_mode = Some(r.u8()?);
-        }
-        if flags & Self::FLAG_PRIORITY != 0 {
-            properties.priority = Some(r.u8()?);
-        }
-        if flags & Self::FLAG_CORRELATION_ID != 0 {
-            properties.correlation_id = Some(r.shortstr()?);
-        }
-        if flags & Self::FLAG_REPLY_TO != 0 {
-            properties.reply_to = Some(r.shortstr()?);
-        }
-        if flags & Self::FLAG_EXPIRATION != 0 {
-            properties.expiration = Some(r.shortstr()?);
-        }
-        if flags & Self::FLAG_MESSAGE_ID != 0 {
-            properties.message_id = Some(r.shortstr()?);
-        }
-        if flags & Self::FLAG_TIMESTAMP != 0 {
-            properties.timestamp = Some(r.u64()?);
-        }
-        if flags & Self::FLAG_TYPE != 0 {
-            properties.kind = Some(r.shortstr()?);
-        }
-        if flags & Self::FLAG_USER_ID != 0 {
-            properties.user_id = Some(r.shortstr()?);
-        }
-        if flags & Self::FLAG_APP_ID != 0 {
-            properties.app_id = Some(r.shortstr()?);
-        }
-        if flags & Self::FLAG_CLUSTER_ID != 0 {
-            properties.cluster_id = Some(r.shortstr()?);
-        }
+        let content_type = if flags & Self::FLAG_CONTENT_TYPE != 0 {
+            Some(r.shortstr()?)
+        } else {
+            None
+        };
+        let content_encoding = if flags & Self::FLAG_CONTENT_ENCODING != 0 {
+            Some(r.shortstr()?)
+        } else {
+            None
+        };
+        let headers = if flags & Self::FLAG_HEADERS != 0 {
+            Some(r.table()?)
+        } else {
+            None
+        };
+        let delivery_mode = if flags & Self::FLAG_DELIVERY_MODE != 0 {
+            Some(r.u8()?)
+        } else {
+            None
+        };
+        let priority = if flags & Self::FLAG_PRIORITY != 0 {
+            Some(r.u8()?)
+        } else {
+            None
+        };
+        let correlation_id = if flags & Self::FLAG_CORRELATION_ID != 0 {
+            Some(r.shortstr()?)
+        } else {
+            None
+        };
+        let reply_to = if flags & Self::FLAG_REPLY_TO != 0 {
+            Some(r.shortstr()?)
+        } else {
+            None
+        };
+        let expiration = if flags & Self::FLAG_EXPIRATION != 0 {
+            Some(r.shortstr()?)
+        } else {
+            None
+        };
+        let message_id = if flags & Self::FLAG_MESSAGE_ID != 0 {
+            Some(r.shortstr()?)
+        } else {
+            None
+        };
+        let timestamp = if flags & Self::FLAG_TIMESTAMP != 0 {
+            Some(r.u64()?)
+        } else {
+            None
+        };
+        let kind = if flags & Self::FLAG_TYPE != 0 {
+            Some(r.shortstr()?)
+        } else {
+            None
+        };
+        let user_id = if flags & Self::FLAG_USER_ID != 0 {
+            Some(r.shortstr()?)
+        } else {
+            None
+        };
+        let app_id = if flags & Self::FLAG_APP_ID != 0 {
+            Some(r.shortstr()?)
+        } else {
+            None
+        };
+        let cluster_id = if flags & Self::FLAG_CLUSTER_ID != 0 {
+            Some(r.shortstr()?)
+        } else {
+            None
+        };
         r.finish()?;
-        Ok(properties)
+        Ok(BasicProperties {
+            content_type,
+            content_encoding,
+            headers,
+            delivery_mode,
+            priority,
+            correlation_id,
+            reply_to,
+            expiration,
+            message_id,
+            timestamp,
+            kind,
+            user_id,
+            app_id,
+            cluster_id,
+        })
     }
 
     /// Encodes property flags and property list (what `ContentHeader::raw_properties` holds).

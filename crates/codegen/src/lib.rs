@@ -1129,21 +1129,28 @@ fn emit_properties(spec: &Spec, out: &mut String) -> std::fmt::Result {
         "            return Err(FieldError::PropertyFlagsContinued);"
     )?;
     writeln!(out, "        }}")?;
-    writeln!(
-        out,
-        "        let mut properties = BasicProperties::default();"
-    )?;
+    // Locals, then one struct literal: lets the compiler build the result in place instead of
+    // writing a default value and then overwriting each field.
     for field in &spec.properties {
         writeln!(
             out,
-            "        if flags & Self::FLAG_{} != 0 {{ properties.{} = Some(r.{}?); }}",
-            screaming(&field.spec_name),
+            "        let {} = if flags & Self::FLAG_{} != 0 {{ Some(r.{}?) }} else {{ None }};",
             field.rust_name,
+            screaming(&field.spec_name),
             field.kind.reader()
         )?;
     }
     writeln!(out, "        r.finish()?;")?;
-    writeln!(out, "        Ok(properties)")?;
+    let names: Vec<&str> = spec
+        .properties
+        .iter()
+        .map(|f| f.rust_name.as_str())
+        .collect();
+    writeln!(
+        out,
+        "        Ok(BasicProperties {{ {} }})",
+        names.join(", ")
+    )?;
     writeln!(out, "    }}")?;
     writeln!(out)?;
     writeln!(

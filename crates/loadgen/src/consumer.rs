@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, watch};
 use crate::check::{Checker, STAMP_LEN, Stamp};
 use crate::client::{CHANNEL, ClientError, Conn, Endpoint};
 use crate::stats::{Shared, new_histogram};
-use crate::wire::{self, Frame, In, Out};
+use crate::wire::{self, Frame, Hot, In, Out};
 
 /// How one consumer consumes.
 #[derive(Debug, Clone)]
@@ -115,21 +115,17 @@ pub async fn run(
         }
         let now = shared.now_nanos();
         let mut batch = 0u64;
-        while let Some(frame) = wire::decode(rbuf)? {
+        while let Some(frame) = wire::decode_hot(rbuf)? {
             match frame {
-                Frame::Method {
-                    method:
-                        In::BasicDeliver {
-                            delivery_tag,
-                            redelivered,
-                        },
-                    ..
+                Hot::Deliver {
+                    delivery_tag,
+                    redelivered,
                 } => {
                     last_tag = delivery_tag;
                     result.redelivered += u64::from(redelivered);
                     state = Assembly::Header;
                 }
-                Frame::Header { body_size, .. } => {
+                Hot::Header { body_size } => {
                     if !matches!(state, Assembly::Header) {
                         return Err(ClientError::Unexpected(
                             "content header outside a delivery".into(),
@@ -141,7 +137,11 @@ pub async fn run(
                         have: 0,
                     };
                 }
-                Frame::Body { payload, .. } => {
+                Hot::Body {
+                    len,
+                    front,
+                    front_len,
+                } => {
                     let Assembly::Body {
                         remaining,
                         mut stamp,
@@ -152,12 +152,12 @@ pub async fn run(
                             "content body outside a delivery".into(),
                         ));
                     };
-                    let take = (STAMP_LEN - have).min(payload.len());
+                    let take = (STAMP_LEN - have).min(front_len);
                     if take > 0 {
-                        stamp[have..have + take].copy_from_slice(&payload[..take]);
+                        stamp[have..have + take].copy_from_slice(&front[..take]);
                         have += take;
                     }
-                    let remaining = remaining.saturating_sub(payload.len() as u64);
+                    let remaining = remaining.saturating_sub(len as u64);
                     state = Assembly::Body {
                         remaining,
                         stamp,
@@ -189,12 +189,11 @@ pub async fn run(
                         }
                     }
                 }
-                Frame::Method { channel, method } => match method {
+                Hot::Other(Frame::Method { method, .. }) => match method {
                     In::ConnectionClose { code, text } => {
                         return Err(ClientError::ConnectionClosed { code, text });
                     }
                     In::ChannelClose { code, text } => {
-                        let _ = channel;
                         return Err(ClientError::ChannelClosed { code, text });
                     }
                     In::BasicCancel => {
@@ -204,7 +203,7 @@ pub async fn run(
                     }
                     _ => {}
                 },
-                Frame::Heartbeat => {}
+                Hot::Other(_) => {}
             }
         }
         if batch > 0 {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use warren_store::{DestinationKind, Lsn, Recovery, Store, StoreError};
 
@@ -88,7 +89,9 @@ impl Broker {
             .map(|name| {
                 (
                     name.clone(),
-                    Arc::new(VHost::new(name, Arc::clone(&memory), store.clone())),
+                    Arc::new_cyclic(|me| {
+                        VHost::new(name, Arc::clone(&memory), store.clone(), me.clone())
+                    }),
                 )
             })
             .collect();
@@ -107,6 +110,11 @@ impl Broker {
     /// A vhost by name.
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).cloned()
+    }
+
+    /// Every vhost.
+    pub fn vhosts(&self) -> impl Iterator<Item = &Arc<VHost>> {
+        self.vhosts.values()
     }
 
     /// A fresh connection id.
@@ -220,6 +228,10 @@ fn recover(vhosts: &HashMap<String, Arc<VHost>>, recovery: Recovery) {
             Arc::clone(&vhost.memory),
             messages,
         ));
+        queue.set_dead_letter_sink(vhost.me.clone());
+        if queue.expires.is_some() {
+            vhost.register_expiring(Arc::downgrade(&queue));
+        }
         vhost.topology.add_queue(def.name.clone(), queue);
     }
     for def in recovery.bindings {
@@ -240,6 +252,22 @@ fn recover(vhosts: &HashMap<String, Arc<VHost>>, recovery: Recovery) {
             tracing::warn!(source = %def.source, destination = %def.destination, error = %e, "recovered binding not restored");
         }
     }
+}
+
+fn long(bytes: &[u8]) -> FieldValue {
+    FieldValue::LongString(Bytes::copy_from_slice(bytes))
+}
+
+/// Decodes raw property bytes (flags and list, as received) into properties.
+fn decode_properties(raw: &Bytes, body_size: usize) -> warren_codec::BasicProperties {
+    let mut payload = bytes::BytesMut::with_capacity(12 + raw.len());
+    payload.extend_from_slice(&60u16.to_be_bytes());
+    payload.extend_from_slice(&0u16.to_be_bytes());
+    payload.extend_from_slice(&(body_size as u64).to_be_bytes());
+    payload.extend_from_slice(raw);
+    warren_codec::ContentHeader::decode(&payload.freeze())
+        .map(|h| h.properties)
+        .unwrap_or_default()
 }
 
 fn decode_table(bytes: &bytes::Bytes) -> FieldTable {
@@ -295,6 +323,10 @@ pub struct VHost {
     store_name: ShortString,
     /// The durable store; `None` with `--ephemeral`.
     store: Option<Arc<Store>>,
+    /// This vhost, for its queues to route dead letters through.
+    me: std::sync::Weak<VHost>,
+    /// Queues holding messages that expire, swept by `sweep_expired`.
+    expiring: parking_lot::Mutex<Vec<std::sync::Weak<QueueEntity>>>,
     /// Direct reply-to queues by name (`amq.rabbitmq.reply-to.` + random): reachable through
     /// the default exchange only, never bound or listed.
     reply_queues: parking_lot::RwLock<HashMap<ShortString, Arc<QueueEntity>>>,
@@ -311,8 +343,15 @@ fn router_error(e: RouterError) -> AmqpError {
 }
 
 impl VHost {
-    fn new(name: &str, memory: Arc<MemoryMonitor>, store: Option<Arc<Store>>) -> Self {
+    fn new(
+        name: &str,
+        memory: Arc<MemoryMonitor>,
+        store: Option<Arc<Store>>,
+        me: std::sync::Weak<VHost>,
+    ) -> Self {
         VHost {
+            me,
+            expiring: parking_lot::Mutex::new(Vec::new()),
             name: Arc::from(name),
             topology: Topology::new(name),
             memory,
@@ -543,6 +582,7 @@ impl VHost {
             {
                 return Err(locked(&queue.name).into());
             }
+            queue.touch();
             if declare.passive {
                 return Ok((queue, false));
             }
@@ -594,6 +634,10 @@ impl VHost {
             Arc::clone(&self.memory),
             messages,
         ));
+        queue.set_dead_letter_sink(self.me.clone());
+        if queue.expires.is_some() {
+            self.register_expiring(Arc::downgrade(&queue));
+        }
         if self.topology.add_queue(name.clone(), Arc::clone(&queue)) {
             Ok((queue, true))
         } else {
@@ -709,6 +753,150 @@ impl VHost {
             arguments: arguments.clone(),
         };
         self.unbind(&binding)
+    }
+
+    // ===== Expiry and dead letters =====
+
+    /// Remembers a queue that holds expiring messages, for `sweep_expired`.
+    pub fn register_expiring(&self, queue: std::sync::Weak<QueueEntity>) {
+        self.expiring.lock().push(queue);
+    }
+
+    /// Expires due messages at the head of every queue that has expiring ones (called about
+    /// ten times a second), so they die (and are dead-lettered) without waiting for a consumer.
+    pub fn sweep_expired(&self) {
+        let queues: Vec<Arc<QueueEntity>> = {
+            let mut list = self.expiring.lock();
+            list.retain(|q| q.upgrade().is_some_and(|q| !q.is_deleted()));
+            list.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        for queue in queues {
+            if queue.unused_for_too_long() {
+                tracing::debug!(queue = %queue.name, "x-expires: deleting an unused queue");
+                self.delete_queue(&queue);
+            } else {
+                queue.expire();
+            }
+        }
+    }
+
+    /// Routes a message that died in `queue` (`reason`: expired, rejected, maxlen) to its
+    /// dead-letter exchange, with RabbitMQ's `x-death` history in its headers.
+    pub fn dead_letter(
+        &self,
+        queue: &Arc<QueueEntity>,
+        target: &crate::queue::DeadLetterTarget,
+        message: &warren_store::Message,
+        reason: &'static str,
+    ) {
+        let mut properties = decode_properties(&message.properties, message.body.len());
+        let mut headers = properties.headers.take().unwrap_or_default();
+        let mut deaths = match headers.remove(b"x-death") {
+            Some(FieldValue::Array(deaths)) => deaths,
+            _ => Vec::new(),
+        };
+        let same = |death: &FieldValue| {
+            matches!(death, FieldValue::Table(t)
+                if t.get(b"queue") == Some(&long(queue.name.as_bytes()))
+                && t.get(b"reason") == Some(&long(reason.as_bytes())))
+        };
+        let mut entry = match deaths.iter().position(same) {
+            Some(i) => match deaths.remove(i) {
+                FieldValue::Table(t) => t,
+                _ => FieldTable::new(),
+            },
+            None => FieldTable::new(),
+        };
+        let count = match entry.get(b"count") {
+            Some(FieldValue::I64(n)) => n + 1,
+            _ => 1,
+        };
+        entry.insert(ShortString::from_static("count"), FieldValue::I64(count));
+        entry.insert(ShortString::from_static("reason"), long(reason.as_bytes()));
+        entry.insert(
+            ShortString::from_static("queue"),
+            long(queue.name.as_bytes()),
+        );
+        entry.insert(
+            ShortString::from_static("time"),
+            FieldValue::Timestamp(crate::queue::now_ms() / 1000),
+        );
+        entry.insert(
+            ShortString::from_static("exchange"),
+            long(message.exchange.as_bytes()),
+        );
+        entry.insert(
+            ShortString::from_static("routing-keys"),
+            FieldValue::Array(vec![long(message.routing_key.as_bytes())]),
+        );
+        if reason == "expired"
+            && let Some(expiration) = properties.expiration.take()
+        {
+            entry.insert(
+                ShortString::from_static("original-expiration"),
+                long(expiration.as_bytes()),
+            );
+        }
+        deaths.insert(0, FieldValue::Table(entry));
+        let automatic = !deaths.iter().any(
+            |d| matches!(d, FieldValue::Table(t) if t.get(b"reason") == Some(&long(b"rejected"))),
+        );
+        let died_in: Vec<Bytes> = deaths
+            .iter()
+            .filter_map(|d| match d {
+                FieldValue::Table(t) => match t.get(b"queue") {
+                    Some(FieldValue::LongString(q)) => Some(q.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        headers.insert(
+            ShortString::from_static("x-death"),
+            FieldValue::Array(deaths),
+        );
+        for (name, value) in [
+            ("x-first-death-exchange", message.exchange.as_bytes()),
+            ("x-first-death-queue", queue.name.as_bytes()),
+            ("x-first-death-reason", reason.as_bytes()),
+        ] {
+            if headers.get(name.as_bytes()).is_none() {
+                headers.insert(ShortString::from_static(name), long(value));
+            }
+        }
+        let routing_key = target
+            .routing_key
+            .clone()
+            .unwrap_or_else(|| message.routing_key.clone());
+        let mut out = RouteBuf::new();
+        let outcome = self.topology.route(
+            target.exchange.as_bytes(),
+            &[routing_key.as_bytes()],
+            Some(&headers),
+            &mut out,
+        );
+        if !matches!(outcome, RouteOutcome::Routed(_)) {
+            return;
+        }
+        properties.headers = Some(headers);
+        let mut raw = bytes::BytesMut::new();
+        properties.encode(&mut raw);
+        let dead = Arc::new(
+            warren_store::Message::new(
+                target.exchange.clone(),
+                routing_key,
+                raw.freeze(),
+                message.body.clone(),
+            )
+            .with_persistent(message.persistent),
+        );
+        for next in out.drain() {
+            // A cycle with no rejection in it would go round forever: RabbitMQ drops it.
+            if automatic && died_in.iter().any(|q| q.as_ref() == next.name.as_bytes()) {
+                continue;
+            }
+            let _ = next.publish(Arc::clone(&dead));
+        }
     }
 
     // ===== Publishing =====

@@ -65,6 +65,25 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         addrs.push(local);
         listeners.push(listener);
     }
+    // Messages with a TTL expire (and are dead-lettered) even when nobody touches their queue.
+    {
+        let broker = Arc::clone(&broker);
+        let mut shutdown = shutdown_tx.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        for vhost in broker.vhosts() {
+                            vhost.sweep_expired();
+                        }
+                    }
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+    }
     let accept_tasks = listeners
         .into_iter()
         .map(|listener| {

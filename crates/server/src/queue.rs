@@ -190,6 +190,18 @@ pub struct QueueEntity {
     inner: Mutex<QueueInner>,
     /// `x-max-length`, `x-max-length-bytes` and `x-overflow`, read once at declare.
     limits: LengthLimits,
+    /// `x-message-ttl` in milliseconds.
+    message_ttl: Option<u64>,
+    /// `x-dead-letter-exchange` and `x-dead-letter-routing-key`.
+    dead_letter: Option<DeadLetterTarget>,
+    /// Where dead letters are routed (the queue's vhost), set once at declare.
+    sink: std::sync::OnceLock<std::sync::Weak<crate::broker::VHost>>,
+    /// Set once a message with an expiry was pushed: the vhost's sweep looks at this queue.
+    pub expiring: AtomicBool,
+    /// `x-expires` in milliseconds: the queue is deleted after being unused that long.
+    pub expires: Option<u64>,
+    /// When the queue was last used (declared, consumed from, read with basic.get), in ms.
+    last_used: std::sync::atomic::AtomicU64,
     /// Set once the queue is deleted; late publishes and requeues are dropped.
     deleted: AtomicBool,
     /// The broker-wide memory account.
@@ -205,6 +217,18 @@ struct QueueInner {
     next_consumer: usize,
     /// Whether a consumer was ever attached (auto-delete only applies after one).
     had_consumer: bool,
+    /// Messages that died under the lock (expired, dropped, rejected), routed to the
+    /// dead-letter exchange once the lock is released.
+    dead: Vec<(Arc<Message>, &'static str)>,
+}
+
+/// Where a queue's dead messages go.
+#[derive(Debug, Clone)]
+pub struct DeadLetterTarget {
+    /// The exchange (`""` is the default exchange).
+    pub exchange: ShortString,
+    /// Replaces the message's routing key when set.
+    pub routing_key: Option<ShortString>,
 }
 
 /// What became of a message pushed to a queue.
@@ -280,8 +304,31 @@ impl QueueEntity {
                 .unwrap_or(usize::MAX),
         );
         let limits = LengthLimits::from_arguments(&arguments);
+        let message_ttl = integer_argument(&arguments, b"x-message-ttl");
+        let dead_letter = match arguments.get(b"x-dead-letter-exchange") {
+            Some(warren_codec::FieldValue::LongString(exchange)) => {
+                ShortString::from_bytes(exchange.clone())
+                    .ok()
+                    .map(|exchange| DeadLetterTarget {
+                        exchange,
+                        routing_key: match arguments.get(b"x-dead-letter-routing-key") {
+                            Some(warren_codec::FieldValue::LongString(key)) => {
+                                ShortString::from_bytes(key.clone()).ok()
+                            }
+                            _ => None,
+                        },
+                    })
+            }
+            _ => None,
+        };
         QueueEntity {
             limits,
+            message_ttl,
+            dead_letter,
+            sink: std::sync::OnceLock::new(),
+            expiring: AtomicBool::new(false),
+            expires: integer_argument(&arguments, b"x-expires"),
+            last_used: std::sync::atomic::AtomicU64::new(now_ms()),
             name,
             vhost,
             durable,
@@ -293,6 +340,7 @@ impl QueueEntity {
                 consumers: Vec::new(),
                 next_consumer: 0,
                 had_consumer: false,
+                dead: Vec::new(),
             }),
             deleted: AtomicBool::new(false),
             memory,
@@ -306,11 +354,36 @@ impl QueueEntity {
 
     /// Appends a published message and hands out whatever the consumers can take. Returns the
     /// log position to wait for before confirming, when the message was written to disk.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Published {
+    pub fn publish(self: &Arc<Self>, mut message: Arc<Message>) -> Published {
         if self.is_deleted() {
             return Published::Queued(None);
         }
-        let mut inner = self.inner.lock();
+        if let Some(ttl) = self.message_ttl {
+            // The queue's TTL counts from now; the earlier of it and the message's own wins.
+            // Other queues share the message, so this queue gets its own (cheap) copy.
+            let deadline = now_ms().saturating_add(ttl);
+            if message.expires_at_ms.is_none_or(|at| at > deadline) {
+                let mut copy = Message::clone(&message);
+                copy.expires_at_ms = Some(deadline);
+                message = Arc::new(copy);
+            }
+        }
+        if message.expires_at_ms.is_some()
+            && !self.expiring.swap(true, Ordering::Relaxed)
+            && let Some(vhost) = self.sink.get().and_then(std::sync::Weak::upgrade)
+        {
+            vhost.register_expiring(Arc::downgrade(self));
+        }
+        let (outcome, dead) = {
+            let mut inner = self.inner.lock();
+            let outcome = self.push_locked(&mut inner, message);
+            (outcome, std::mem::take(&mut inner.dead))
+        };
+        self.dead_letter(dead);
+        outcome
+    }
+
+    fn push_locked(self: &Arc<Self>, inner: &mut QueueInner, message: Arc<Message>) -> Published {
         let body_len = message.body.len();
         let limits = &self.limits;
         let full = limits
@@ -334,13 +407,86 @@ impl QueueEntity {
                     .is_some_and(|max| inner.messages.ready_bytes() > max)
             {
                 match inner.messages.pop_no_ack() {
-                    Some(dropped) => self.memory.sub(dropped.message.body.len()),
+                    Some(dropped) => {
+                        self.memory.sub(dropped.message.body.len());
+                        self.died(inner, dropped.message, "maxlen");
+                    }
                     None => break,
                 }
             }
         }
-        self.dispatch_locked(&mut inner);
+        self.dispatch_locked(inner);
         Published::Queued(pushed.lsn)
+    }
+
+    /// Records a dead message for the dead-letter exchange, if the queue has one.
+    fn died(&self, inner: &mut QueueInner, message: Arc<Message>, reason: &'static str) {
+        if self.dead_letter.is_some() {
+            inner.dead.push((message, reason));
+        }
+    }
+
+    /// Drops expired messages from the head of the queue (RabbitMQ expires at the head only).
+    fn expire_locked(&self, inner: &mut QueueInner) {
+        if !self.expiring.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = now_ms();
+        while let Some((head, _)) = inner.messages.peek() {
+            if head.expires_at_ms.is_none_or(|at| at > now) {
+                break;
+            }
+            let Some(expired) = inner.messages.pop_no_ack() else {
+                break;
+            };
+            self.memory.sub(expired.message.body.len());
+            self.died(inner, expired.message, "expired");
+        }
+    }
+
+    /// Records a use of the queue, for `x-expires`.
+    pub fn touch(&self) {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether `x-expires` has run out: no consumer and no use for that long.
+    pub fn unused_for_too_long(&self) -> bool {
+        let Some(expires) = self.expires else {
+            return false;
+        };
+        let idle = now_ms().saturating_sub(self.last_used.load(Ordering::Relaxed));
+        idle >= expires && self.inner.lock().consumers.is_empty()
+    }
+
+    /// Expires what is due (the vhost's sweep calls this for queues with expiring messages).
+    pub fn expire(self: &Arc<Self>) {
+        let dead = {
+            let mut inner = self.inner.lock();
+            self.expire_locked(&mut inner);
+            std::mem::take(&mut inner.dead)
+        };
+        self.dead_letter(dead);
+    }
+
+    /// Sets where dead letters are routed (once, when the queue is registered in its vhost).
+    pub fn set_dead_letter_sink(&self, vhost: std::sync::Weak<crate::broker::VHost>) {
+        let _ = self.sink.set(vhost);
+    }
+
+    /// Routes messages that died to the dead-letter exchange, outside the queue's lock.
+    fn dead_letter(self: &Arc<Self>, dead: Vec<(Arc<Message>, &'static str)>) {
+        if dead.is_empty() {
+            return;
+        }
+        let (Some(target), Some(vhost)) = (
+            &self.dead_letter,
+            self.sink.get().and_then(std::sync::Weak::upgrade),
+        ) else {
+            return;
+        };
+        for (message, reason) in dead {
+            vhost.dead_letter(self, target, &message, reason);
+        }
     }
 
     /// Takes the messages out (the queue is being deleted), for `Store::delete_queue`.
@@ -355,11 +501,16 @@ impl QueueEntity {
 
     /// Hands ready messages to consumers with credit, round-robin.
     pub fn dispatch(self: &Arc<Self>) {
-        let mut inner = self.inner.lock();
-        self.dispatch_locked(&mut inner);
+        let dead = {
+            let mut inner = self.inner.lock();
+            self.dispatch_locked(&mut inner);
+            std::mem::take(&mut inner.dead)
+        };
+        self.dead_letter(dead);
     }
 
     fn dispatch_locked(self: &Arc<Self>, inner: &mut QueueInner) {
+        self.expire_locked(inner);
         let n_consumers = inner.consumers.len();
         if n_consumers == 0 {
             return;
@@ -368,6 +519,14 @@ impl QueueEntity {
             let Some(idx) = choose_consumer(&inner.consumers, inner.next_consumer) else {
                 break;
             };
+            // A message that expired while waiting for credit must not be delivered.
+            self.expire_locked(inner);
+            if inner.messages.ready_count() == 0 {
+                if let Some(consumer) = inner.consumers.get(idx) {
+                    consumer.release_credit();
+                }
+                break;
+            }
             let Some(consumer) = inner.consumers.get(idx).cloned() else {
                 break;
             };
@@ -394,8 +553,19 @@ impl QueueEntity {
     }
 
     /// `basic.get`: the next ready message and the number left, or `None` when empty.
-    pub fn get(&self, no_ack: bool) -> Option<(Delivery, u32)> {
-        let mut inner = self.inner.lock();
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Delivery, u32)> {
+        self.touch();
+        let (result, dead) = {
+            let mut inner = self.inner.lock();
+            self.expire_locked(&mut inner);
+            let result = self.get_locked(&mut inner, no_ack);
+            (result, std::mem::take(&mut inner.dead))
+        };
+        self.dead_letter(dead);
+        result
+    }
+
+    fn get_locked(&self, inner: &mut QueueInner, no_ack: bool) -> Option<(Delivery, u32)> {
         let delivery = if no_ack {
             inner.messages.pop_no_ack()
         } else {
@@ -408,7 +578,22 @@ impl QueueEntity {
         Some((delivery, left))
     }
 
-    /// Forgets an acknowledged (or rejected without requeue) message.
+    /// A message rejected without requeue: forgotten, and dead-lettered if the queue says so.
+    pub fn reject(self: &Arc<Self>, offset: u64) {
+        let dead = {
+            let mut inner = self.inner.lock();
+            if let Some(message) = inner.messages.ack(offset)
+                && !self.is_deleted()
+            {
+                self.memory.sub(message.body.len());
+                self.died(&mut inner, message, "rejected");
+            }
+            std::mem::take(&mut inner.dead)
+        };
+        self.dead_letter(dead);
+    }
+
+    /// Forgets an acknowledged message.
     pub fn ack(&self, offset: u64) {
         let mut inner = self.inner.lock();
         // A deleted queue already gave its bytes back to the memory account.
@@ -455,6 +640,7 @@ impl QueueEntity {
             .unwrap_or(inner.consumers.len());
         inner.consumers.insert(at, consumer);
         inner.had_consumer = true;
+        self.touch();
         self.dispatch_locked(&mut inner);
         Ok(())
     }
@@ -462,13 +648,15 @@ impl QueueEntity {
     /// Detaches a consumer. Returns true when the queue is auto-delete and now unused, in which
     /// case the caller deletes it.
     pub fn detach(&self, consumer: &Arc<Consumer>) -> bool {
+        self.touch();
         let mut inner = self.inner.lock();
         inner.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
         self.auto_delete && inner.had_consumer && inner.consumers.is_empty() && !self.is_deleted()
     }
 
     /// Ready messages and consumers, for `queue.declare-ok`.
-    pub fn counts(&self) -> (u32, u32) {
+    pub fn counts(self: &Arc<Self>) -> (u32, u32) {
+        self.expire();
         let inner = self.inner.lock();
         (
             u32::try_from(inner.messages.ready_count()).unwrap_or(u32::MAX),
@@ -517,6 +705,28 @@ impl QueueEntity {
             outbox.push(Outbound::Cancel { consumer });
         }
         n_ready
+    }
+}
+
+/// Milliseconds since the Unix epoch (message expiry times).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A non-negative integer queue argument.
+fn integer_argument(arguments: &FieldTable, name: &[u8]) -> Option<u64> {
+    use warren_codec::FieldValue;
+    match arguments.get(name)? {
+        FieldValue::I8(v) => u64::try_from(*v).ok(),
+        FieldValue::U8(v) => Some(u64::from(*v)),
+        FieldValue::I16(v) => u64::try_from(*v).ok(),
+        FieldValue::U16(v) => Some(u64::from(*v)),
+        FieldValue::I32(v) => u64::try_from(*v).ok(),
+        FieldValue::U32(v) => Some(u64::from(*v)),
+        FieldValue::I64(v) => u64::try_from(*v).ok(),
+        _ => None,
     }
 }
 

@@ -123,6 +123,31 @@ fn durable(c: &mut Criterion) {
             });
         });
     }
+    // A fanout of persistent 1 KiB messages to 10 durable queues: one body record, nine enqueue
+    // records, one fdatasync per 100 publishes.
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("1KiB_fanout_to_10_durable_queues_sync_every_100", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let mut queues: Vec<Queue> = (0..10)
+            .map(|n| store.declare_queue(&queue_def(&format!("fan{n}"))).unwrap())
+            .collect();
+        b.iter(|| {
+            for _ in 0..100 {
+                let shared = message(1024, true);
+                for queue in &mut queues {
+                    queue.push(Arc::clone(&shared));
+                }
+            }
+            store.sync().unwrap();
+            for queue in &mut queues {
+                while let Some(delivery) = queue.pop() {
+                    queue.ack(delivery.offset);
+                }
+            }
+        });
+    });
+
     // Consumers draining a backlog whose bodies were paged out: one pread per message.
     group.throughput(Throughput::Elements(10_000));
     group.bench_function("1KiB_drain_10000_paged_out", |b| {
@@ -150,34 +175,40 @@ fn durable(c: &mut Criterion) {
     group.finish();
 }
 
+/// Writes `count` persistent 1 KiB messages into a new data folder.
+fn write_backlog(count: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let mut queue = store.declare_queue(&queue_def("backlog")).unwrap();
+    let persistent = message(1024, true);
+    for n in 0..count {
+        queue.push(Arc::clone(&persistent));
+        if n % 10_000 == 0 {
+            store.sync().unwrap();
+        }
+    }
+    store.sync().unwrap();
+    eprintln!(
+        "wrote {count} persistent 1 KiB messages in {:?} ({} bytes on disk)",
+        started.elapsed(),
+        store.disk_usage()
+    );
+    dir
+}
+
 fn recovery(c: &mut Criterion) {
     let count: usize = std::env::var("WARREN_BENCH_RECOVERY")
         .ok()
         .and_then(|count| count.parse().ok())
         .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let started = Instant::now();
-        let (store, _) = Store::open(dir.path()).unwrap();
-        let mut queue = store.declare_queue(&queue_def("backlog")).unwrap();
-        let persistent = message(1024, true);
-        for n in 0..count {
-            queue.push(Arc::clone(&persistent));
-            if n % 10_000 == 0 {
-                store.sync().unwrap();
-            }
-        }
-        store.sync().unwrap();
-        eprintln!(
-            "wrote {count} persistent 1 KiB messages in {:?} ({} bytes on disk)",
-            started.elapsed(),
-            store.disk_usage()
-        );
-    }
+    // Written on first use only, so that filtering the other benchmarks skips it.
+    let backlog = std::sync::OnceLock::new();
     let mut group = c.benchmark_group("recovery");
     group.sample_size(10);
     group.throughput(Throughput::Elements(count as u64));
     group.bench_function(format!("open_{count}_1KiB_messages"), |b| {
+        let dir = backlog.get_or_init(|| write_backlog(count));
         b.iter(|| {
             let (store, recovery) = Store::open(dir.path()).unwrap();
             assert_eq!(recovery.report.messages, count as u64);
@@ -188,6 +219,7 @@ fn recovery(c: &mut Criterion) {
     group.bench_function(
         format!("open_{count}_1KiB_messages_bodies_left_on_disk"),
         |b| {
+            let dir = backlog.get_or_init(|| write_backlog(count));
             let options = StoreOptions::default().with_recovery_resident_per_queue(0);
             b.iter(|| {
                 let backend = Arc::new(FileBackend::new(dir.path()).unwrap());

@@ -29,6 +29,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         auto_delete: false,
         arguments: Bytes::new(),
     })?;
+    // A second durable queue gets the same messages: its records point at the first one's bodies.
+    let mut copy = store.declare_queue(&QueueDef {
+        vhost: ShortString::from_static("/"),
+        name: ShortString::from_static("fixture.copy"),
+        auto_delete: false,
+        arguments: Bytes::new(),
+    })?;
     store.put_binding(&BindingDef {
         vhost: ShortString::from_static("/"),
         source: ShortString::from_static("fixture.orders"),
@@ -47,7 +54,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_persistent(true);
         message.priority = priority;
-        queue.push(Arc::new(message));
+        let message = Arc::new(message);
+        queue.push(Arc::clone(&message));
+        copy.push(message);
     }
     let acked = queue.pop().ok_or("no message")?;
     queue.ack(acked.offset);

@@ -50,6 +50,12 @@ const SEGMENT_SHIFT: u32 = 40;
 const KIND_PUBLISH: u8 = 1;
 const KIND_ACK: u8 = 2;
 const KIND_DELIVER: u8 = 3;
+/// A message whose body another queue's publish record already holds: a fanout to several
+/// durable queues writes the body once.
+const KIND_ENQUEUE: u8 = 4;
+
+/// Gives every log of the process an id, so a message remembers which log holds its body.
+static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Publish record flags.
 const FLAG_PRIORITY: u8 = 1;
@@ -319,6 +325,8 @@ pub(crate) struct Log {
     /// A spill log: bodies paged out of memory that need no durability. Its syncs write but
     /// never fsync, and it is wiped at every start.
     volatile: bool,
+    /// This log's id in the process (see `Message::logged`).
+    id: u64,
 }
 
 impl fmt::Debug for Log {
@@ -339,17 +347,34 @@ pub(crate) struct Recovered {
     pub(crate) redelivered: bool,
     /// The `Lsn` of the end of its publish record.
     pub(crate) lsn: u64,
-    /// The publish record's length, header included.
+    /// The length of the record holding the body, header included.
     pub(crate) record_len: u32,
+    /// End of another queue's publish record holding the body; 0 when its own record does.
+    pub(crate) body_lsn: u64,
+}
+
+/// Where [`Log::publish`] put a message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Published {
+    /// End of the queue's own record (publish or enqueue): what a confirm waits for and what
+    /// acks refer to.
+    pub(crate) lsn: u64,
+    /// End of the publish record holding the body when it is another queue's; 0 when the own
+    /// record holds it.
+    pub(crate) body_lsn: u64,
+    /// Length of the record holding the body.
+    pub(crate) body_len: u32,
 }
 
 /// A message during the scan: its publish record's end and whether a delivery was recorded.
 struct Pending {
-    /// Decoded only while the queue is under the residency limit.
+    /// Decoded only while the queue is under the residency limit (never for an enqueue record).
     message: Option<Message>,
     body_len: u64,
     lsn: u64,
     record_len: u32,
+    /// End of the publish record holding the body, for an enqueue record; else 0.
+    body_lsn: u64,
     delivered: bool,
 }
 
@@ -409,6 +434,7 @@ fn decode_publish(payload: &[u8], load: bool) -> Option<(u64, u64, Option<Messag
         persistent: flags & FLAG_TRANSIENT == 0,
         priority: (flags & FLAG_PRIORITY != 0).then_some(priority),
         expires_at_ms: (flags & FLAG_EXPIRES != 0).then_some(expires),
+        logged: std::sync::OnceLock::new(),
     };
     Some((queue_id, offset, Some(message), body_len as u64, delivered))
 }
@@ -545,11 +571,22 @@ impl Log {
         }
 
         // Count what survived, per segment, and hand it out per queue in offset order.
+        let existing: BTreeSet<u64> = segments.keys().copied().collect();
         for (queue_id, messages) in pending {
             let mut recovered: Vec<Recovered> = messages
                 .into_iter()
+                .filter(|(_, pending)| {
+                    // An enqueue record whose body's segment is gone cannot be delivered: that
+                    // message was never confirmed (its body record came first in the log).
+                    pending.body_lsn == 0 || existing.contains(&segment_of(pending.body_lsn))
+                })
                 .map(|(offset, pending)| {
                     if let Some(state) = segments.get_mut(&segment_of(pending.lsn)) {
+                        state.live += 1;
+                    }
+                    if pending.body_lsn != 0
+                        && let Some(state) = segments.get_mut(&segment_of(pending.body_lsn))
+                    {
                         state.live += 1;
                     }
                     Recovered {
@@ -559,6 +596,7 @@ impl Log {
                         redelivered: pending.delivered || segment_of(pending.lsn) <= suspect_upto,
                         lsn: pending.lsn,
                         record_len: pending.record_len,
+                        body_lsn: pending.body_lsn,
                     }
                 })
                 .collect();
@@ -598,6 +636,7 @@ impl Log {
             synced: AtomicU64::new(0),
             readers: Mutex::new(HashMap::new()),
             volatile: false,
+            id: NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed),
         };
         {
             let mut writer = log.writer.lock();
@@ -652,26 +691,68 @@ impl Log {
         }
     }
 
+    /// Logs a message for a queue. If this log already holds its body (the same `Arc<Message>`
+    /// pushed to another durable queue), only a small enqueue record pointing at it is written.
     pub(crate) fn publish(
         &self,
         queue_id: u64,
         offset: u64,
         message: &Message,
         delivered: bool,
-    ) -> (Lsn, u32) {
+    ) -> Published {
         let mut writer = self.writer.lock();
-        let lsn = writer.append(&*self.backend, &self.options, |buf| {
-            encode_publish(buf, queue_id, offset, message, delivered)
-        });
-        let record_len = writer.last_record_len;
-        if let Some(state) = writer.segments.get_mut(&segment_of(lsn)) {
+        let shared = message
+            .logged
+            .get()
+            .filter(|(log, body_lsn, _)| {
+                *log == self.id && writer.segments.contains_key(&segment_of(*body_lsn))
+            })
+            .map(|(_, body_lsn, body_len)| (*body_lsn, *body_len));
+        let published = match shared {
+            Some((body_lsn, body_len)) => {
+                let lsn = writer.append(&*self.backend, &self.options, |buf| {
+                    encode_enqueue(
+                        buf,
+                        queue_id,
+                        offset,
+                        delivered,
+                        (body_lsn, body_len),
+                        message.body_len(),
+                    )
+                });
+                // The body's segment must stay while this queue needs it.
+                if let Some(state) = writer.segments.get_mut(&segment_of(body_lsn)) {
+                    state.live += 1;
+                }
+                Published {
+                    lsn,
+                    body_lsn,
+                    body_len,
+                }
+            }
+            None => {
+                let lsn = writer.append(&*self.backend, &self.options, |buf| {
+                    encode_publish(buf, queue_id, offset, message, delivered)
+                });
+                let body_len = writer.last_record_len;
+                if !self.volatile {
+                    let _first = message.logged.set((self.id, lsn, body_len));
+                }
+                Published {
+                    lsn,
+                    body_lsn: 0,
+                    body_len,
+                }
+            }
+        };
+        if let Some(state) = writer.segments.get_mut(&segment_of(published.lsn)) {
             state.live += 1;
         }
         if writer.sync_waiting {
             writer.sync_waiting = false;
             self.appended.notify_one();
         }
-        (Lsn(lsn), record_len)
+        published
     }
 
     /// Reads back the message of the publish record that ends at `lsn` and is `record_len`
@@ -735,8 +816,11 @@ impl Log {
         }
     }
 
-    pub(crate) fn ack(&self, queue_id: u64, offset: u64, publish_lsn: u64) {
+    pub(crate) fn ack(&self, queue_id: u64, offset: u64, publish_lsn: u64, body_lsn: u64) {
         self.reference(KIND_ACK, queue_id, offset, publish_lsn, true);
+        if body_lsn != 0 {
+            self.forget(body_lsn);
+        }
     }
 
     pub(crate) fn deliver(&self, queue_id: u64, offset: u64, publish_lsn: u64) {
@@ -937,7 +1021,18 @@ impl Log {
             }
         }
         for number in doomed {
-            self.writer.lock().segments.remove(&number);
+            {
+                let mut writer = self.writer.lock();
+                // A fanout may have pointed an enqueue record at a body here meanwhile.
+                if writer
+                    .segments
+                    .get(&number)
+                    .is_some_and(|state| state.live != 0)
+                {
+                    continue;
+                }
+                writer.segments.remove(&number);
+            }
             self.readers.lock().remove(&number);
             let name = segment_name(number);
             let removed = self.backend.remove(&name).and_then(|()| {
@@ -1005,6 +1100,13 @@ impl Log {
         sealed + writer.current.end()
     }
 
+    /// Bytes appended but not yet covered by a successful fsync (held in memory until then).
+    pub(crate) fn unsynced_bytes(&self) -> u64 {
+        let writer = self.writer.lock();
+        let sealed: usize = writer.sealed.iter().map(|tail| tail.bytes.len()).sum();
+        (sealed + writer.current.bytes.len()) as u64
+    }
+
     /// Number of segment files.
     pub(crate) fn segment_count(&self) -> usize {
         self.writer.lock().segments.len()
@@ -1051,6 +1153,7 @@ fn apply_record(
                         lsn,
                         record_len: u32::try_from(record::FRAME_HEADER + payload.len())
                             .unwrap_or(u32::MAX),
+                        body_lsn: 0,
                         delivered,
                     },
                 );
@@ -1059,6 +1162,40 @@ fn apply_record(
                     // record was lost (that ack sat in an older segment's unsynced tail while
                     // this record reached the disk). Unless an ack turns up later, recovery
                     // writes one, or the old record would come back once this one is acked.
+                    report
+                        .superseded
+                        .entry((queue_id, offset, segment_of(replaced.lsn)))
+                        .or_insert(false);
+                }
+            }
+        }
+        Some(KIND_ENQUEUE) => {
+            let Some(Enqueue {
+                queue_id,
+                offset,
+                delivered,
+                body_lsn,
+                body_len,
+                body_size,
+            }) = decode_enqueue(payload)
+            else {
+                return bad(report);
+            };
+            let next = next_offsets.entry(queue_id).or_default();
+            *next = (*next).max(offset + 1);
+            if live_queues.contains(&queue_id) {
+                let replaced = pending.entry(queue_id).or_default().insert(
+                    offset,
+                    Pending {
+                        message: None,
+                        body_len: body_size,
+                        lsn,
+                        record_len: body_len,
+                        body_lsn,
+                        delivered,
+                    },
+                );
+                if let Some(replaced) = replaced {
                     report
                         .superseded
                         .entry((queue_id, offset, segment_of(replaced.lsn)))
@@ -1100,6 +1237,49 @@ fn apply_record(
         }
         _ => bad(report),
     }
+}
+
+/// Writes an enqueue record; `body` is the end and length of the publish record holding the
+/// body, `body_size` the message body's length (for the queue's byte count).
+fn encode_enqueue(
+    buf: &mut Vec<u8>,
+    queue_id: u64,
+    offset: u64,
+    delivered: bool,
+    body: (u64, u32),
+    body_size: u64,
+) {
+    buf.push(KIND_ENQUEUE);
+    record::put_u64(buf, queue_id);
+    record::put_u64(buf, offset);
+    buf.push(if delivered { FLAG_DELIVERED } else { 0 });
+    record::put_u64(buf, body.0);
+    buf.extend_from_slice(&body.1.to_le_bytes());
+    record::put_u64(buf, body_size);
+}
+
+/// An enqueue record's fields.
+struct Enqueue {
+    queue_id: u64,
+    offset: u64,
+    delivered: bool,
+    body_lsn: u64,
+    body_len: u32,
+    body_size: u64,
+}
+
+fn decode_enqueue(payload: &[u8]) -> Option<Enqueue> {
+    let mut fields = Fields::new(payload);
+    let _kind = fields.u8()?;
+    let enqueue = Enqueue {
+        queue_id: fields.u64()?,
+        offset: fields.u64()?,
+        delivered: fields.u8()? & FLAG_DELIVERED != 0,
+        body_lsn: fields.u64()?,
+        body_len: fields.u32()?,
+        body_size: fields.u64()?,
+    };
+    fields.is_done().then_some(enqueue)
 }
 
 fn encode_publish(
@@ -1146,8 +1326,9 @@ impl Journal {
         Journal { log, queue_id }
     }
 
-    /// Logs a publish; returns the end of its record and the record's length.
-    pub(crate) fn publish(&self, offset: u64, message: &Message, delivered: bool) -> (Lsn, u32) {
+    /// Logs a message for this queue (a full publish record, or an enqueue record pointing at a
+    /// body another queue's record holds).
+    pub(crate) fn publish(&self, offset: u64, message: &Message, delivered: bool) -> Published {
         self.log.publish(self.queue_id, offset, message, delivered)
     }
 
@@ -1165,11 +1346,17 @@ impl Journal {
         self.log.deliver(self.queue_id, offset, publish_lsn);
     }
 
-    pub(crate) fn ack(&self, offset: u64, publish_lsn: u64) {
-        self.log.ack(self.queue_id, offset, publish_lsn);
+    /// Logs an ack of the message whose own record ends at `publish_lsn` (and whose body is in
+    /// the record ending at `body_lsn`, when that is another queue's; else 0).
+    pub(crate) fn ack(&self, offset: u64, publish_lsn: u64, body_lsn: u64) {
+        self.log.ack(self.queue_id, offset, publish_lsn, body_lsn);
     }
 
-    pub(crate) fn forget(&self, publish_lsn: u64) {
+    /// The queue is deleted: the message's records no longer count.
+    pub(crate) fn forget(&self, publish_lsn: u64, body_lsn: u64) {
         self.log.forget(publish_lsn);
+        if body_lsn != 0 {
+            self.log.forget(body_lsn);
+        }
     }
 }

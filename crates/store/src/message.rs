@@ -1,5 +1,7 @@
 //! The message as the broker holds it: built once per publish, shared by every queue it is routed to.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use warren_codec::ShortString;
 
@@ -8,7 +10,7 @@ use warren_codec::ShortString;
 ///
 /// Fields are public for reading; the struct is `#[non_exhaustive]` so that fields can be added
 /// (for instance for TTL or priorities) without breaking callers: build it with [`Message::new`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct Message {
     /// The exchange named in `basic.publish`, as received (empty for the default exchange).
@@ -30,6 +32,43 @@ pub struct Message {
     /// implemented); queues ignore it today. A per-queue TTL belongs to the queue entry, not here,
     /// since the same message may sit in queues with different TTLs.
     pub expires_at_ms: Option<u64>,
+    /// Where a durable log first wrote this message's body: (log id, record end, record length).
+    /// Further durable queues it is routed to refer to that record instead of writing the body
+    /// again.
+    pub(crate) logged: OnceLock<(u64, u64, u32)>,
+}
+
+impl PartialEq for Message {
+    /// Messages are equal when what a client sees is equal; where they were logged does not count.
+    fn eq(&self, other: &Message) -> bool {
+        self.exchange == other.exchange
+            && self.routing_key == other.routing_key
+            && self.properties == other.properties
+            && self.body == other.body
+            && self.persistent == other.persistent
+            && self.priority == other.priority
+            && self.expires_at_ms == other.expires_at_ms
+    }
+}
+
+impl Eq for Message {}
+
+impl Clone for Message {
+    /// A copy that was not logged anywhere: the broker clones a message to change it (a queue's
+    /// TTL deadline), so the copy must not point at the original's record, which holds the
+    /// original's fields.
+    fn clone(&self) -> Message {
+        Message {
+            exchange: self.exchange.clone(),
+            routing_key: self.routing_key.clone(),
+            properties: self.properties.clone(),
+            body: self.body.clone(),
+            persistent: self.persistent,
+            priority: self.priority,
+            expires_at_ms: self.expires_at_ms,
+            logged: OnceLock::new(),
+        }
+    }
 }
 
 /// Bytes a message costs beyond its buffers: the struct itself and the `Arc` counters.
@@ -51,6 +90,7 @@ impl Message {
             persistent: false,
             priority: None,
             expires_at_ms: None,
+            logged: OnceLock::new(),
         }
     }
 

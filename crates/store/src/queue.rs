@@ -59,8 +59,11 @@ struct Entry {
     message: Arc<Message>,
     /// Delivered before (requeued), or recovered from disk with that flag.
     redelivered: bool,
-    /// End of the message's publish record in the durable log; 0 when it was not logged.
+    /// End of the message's own record (publish or enqueue) in the durable log; 0 when it was
+    /// not logged.
     lsn: u64,
+    /// End of another queue's publish record holding the body (fanout); 0 otherwise.
+    body_lsn: u64,
 }
 
 /// A ready message never delivered; its content may be paged out to the durable log.
@@ -77,13 +80,15 @@ struct Ready {
     redelivered: bool,
     /// End of its publish record in the durable log; 0 when it was not logged.
     lsn: u64,
-    /// Length of that record, to read it back.
+    /// Length of the record holding the body, to read it back.
     record_len: u32,
-    /// End of its record in the spill log when its body was spilled there (a message without a
-    /// durable record); 0 otherwise.
-    spill_lsn: u64,
-    /// Length of that record.
-    spill_len: u32,
+    /// End of the record holding the body when it is not `lsn`'s: another queue's publish
+    /// record (fanout), or, when `spilled`, the spill log's record. 0 otherwise.
+    body_lsn: u64,
+    /// The body was written to the spill log (then `lsn` is 0, and `body_lsn` and `record_len`
+    /// locate it there). Sharing the fields keeps an entry at 48 bytes: 10 M queued messages
+    /// cost 480 MB of index.
+    spilled: bool,
 }
 
 /// A hasher for offsets: they are already well spread (consecutive integers), so one multiply is
@@ -166,8 +171,8 @@ impl Queue {
                 redelivered: recovered.redelivered,
                 lsn: recovered.lsn,
                 record_len: recovered.record_len,
-                spill_lsn: 0,
-                spill_len: 0,
+                body_lsn: recovered.body_lsn,
+                spilled: false,
             });
         }
         queue
@@ -181,11 +186,11 @@ impl Queue {
             .requeued
             .values()
             .chain(self.unacked.values())
-            .map(|entry| entry.lsn)
-            .chain(self.fresh.iter().map(|ready| ready.lsn));
-        for lsn in lsns {
+            .map(|entry| (entry.lsn, entry.body_lsn))
+            .chain(self.fresh.iter().map(|ready| (ready.lsn, ready.body_lsn)));
+        for (lsn, body_lsn) in lsns {
             if lsn != 0 {
-                journal.forget(lsn);
+                journal.forget(lsn, body_lsn);
             }
         }
         Some(journal)
@@ -201,12 +206,16 @@ impl Queue {
     pub fn push(&mut self, message: Arc<Message>) -> Pushed {
         let offset = self.next_offset;
         self.next_offset += 1;
-        let (lsn, record_len) = match &self.journal {
+        let (lsn, record_len, body_lsn) = match &self.journal {
             Some(journal) if message.persistent => {
-                let (lsn, record_len) = journal.publish(offset, &message, false);
-                (Some(lsn), record_len)
+                let published = journal.publish(offset, &message, false);
+                (
+                    Some(Lsn(published.lsn)),
+                    published.body_len,
+                    published.body_lsn,
+                )
             }
-            _ => (None, 0),
+            _ => (None, 0, 0),
         };
         let body_len = message.body_len();
         self.ready_bytes += body_len;
@@ -217,8 +226,8 @@ impl Queue {
             redelivered: false,
             lsn: lsn.map_or(0, |lsn| lsn.0),
             record_len,
-            spill_lsn: 0,
-            spill_len: 0,
+            body_lsn,
+            spilled: false,
         });
         Pushed { offset, lsn }
     }
@@ -251,7 +260,7 @@ impl Queue {
         if let Some(journal) = &self.journal
             && entry.lsn != 0
         {
-            journal.ack(entry.offset, entry.lsn);
+            journal.ack(entry.offset, entry.lsn, entry.body_lsn);
         }
         Some(Delivery {
             offset: entry.offset,
@@ -268,7 +277,7 @@ impl Queue {
         if let Some(journal) = &self.journal
             && entry.lsn != 0
         {
-            journal.ack(offset, entry.lsn);
+            journal.ack(offset, entry.lsn, entry.body_lsn);
         }
         Some(entry.message)
     }
@@ -292,16 +301,15 @@ impl Queue {
     /// its `redelivered` flag unchanged. A durable queue logs it again, since `pop_no_ack` logged
     /// it as acked.
     pub fn restore(&mut self, delivery: Delivery) {
-        let lsn = match &self.journal {
+        let (lsn, body_lsn) = match &self.journal {
             Some(journal) if delivery.message.persistent => {
                 // The record carries the flag itself: a separate delivery record could be lost
                 // while the publish survives.
-                (journal
-                    .publish(delivery.offset, &delivery.message, delivery.redelivered)
-                    .0)
-                    .0
+                let published =
+                    journal.publish(delivery.offset, &delivery.message, delivery.redelivered);
+                (published.lsn, published.body_lsn)
             }
-            _ => 0,
+            _ => (0, 0),
         };
         self.ready_bytes += delivery.message.body_len();
         // A popped offset is below every message still in `fresh`, so it belongs in `requeued`.
@@ -312,6 +320,7 @@ impl Queue {
                 message: delivery.message,
                 redelivered: delivery.redelivered,
                 lsn,
+                body_lsn,
             },
         );
     }
@@ -326,11 +335,15 @@ impl Queue {
         if let Some(journal) = &self.journal {
             let logged = requeued
                 .values()
-                .map(|entry| (entry.offset, entry.lsn))
-                .chain(fresh.iter().map(|ready| (ready.offset, ready.lsn)));
-            for (offset, lsn) in logged {
+                .map(|entry| (entry.offset, entry.lsn, entry.body_lsn))
+                .chain(
+                    fresh
+                        .iter()
+                        .map(|ready| (ready.offset, ready.lsn, ready.body_lsn)),
+                );
+            for (offset, lsn, body_lsn) in logged {
                 if lsn != 0 {
-                    journal.ack(offset, lsn);
+                    journal.ack(offset, lsn, body_lsn);
                 }
             }
         }
@@ -411,9 +424,10 @@ impl Queue {
             } else if ready.lsn == 0
                 && let Some(spill) = &self.spill
             {
-                let (lsn, len) = spill.publish(0, ready.offset, message, ready.redelivered);
-                ready.spill_lsn = lsn.0;
-                ready.spill_len = len;
+                let published = spill.publish(0, ready.offset, message, ready.redelivered);
+                ready.body_lsn = published.lsn;
+                ready.record_len = published.body_len;
+                ready.spilled = true;
                 spilled.push(index);
             }
         }
@@ -439,8 +453,9 @@ impl Queue {
                 tracing::warn!(error = %failed.error, "cannot spill message bodies to disk");
                 for index in spilled {
                     if let Some(ready) = self.fresh.get_mut(index) {
-                        spill.forget(ready.spill_lsn);
-                        ready.spill_lsn = 0;
+                        spill.forget(ready.body_lsn);
+                        ready.body_lsn = 0;
+                        ready.spilled = false;
                     }
                 }
             }
@@ -490,22 +505,25 @@ impl Queue {
                 reason: "no such entry".to_owned(),
             })?;
         let message = self.read_ready(&ready)?;
-        if let Some(ready) = self.fresh.get_mut(index) {
-            ready.spill_lsn = 0;
+        if let Some(ready) = self.fresh.get_mut(index)
+            && ready.spilled
+        {
+            ready.spilled = false;
+            ready.body_lsn = 0;
         }
         Ok(message)
     }
 
     /// Reads a paged-out body; a spilled one's spill record is released.
     fn read_ready(&self, ready: &Ready) -> Result<Arc<Message>, crate::StoreError> {
-        if ready.spill_lsn != 0 {
+        if ready.spilled {
             let spill = self.spill.as_ref().ok_or(crate::StoreError::Corrupt {
                 file: "spill".to_owned(),
-                offset: ready.spill_lsn,
+                offset: ready.body_lsn,
                 reason: "spilled without a spill log".to_owned(),
             })?;
-            let read = spill.read_publish(ready.spill_lsn, ready.spill_len);
-            spill.forget(ready.spill_lsn);
+            let read = spill.read_publish(ready.body_lsn, ready.record_len);
+            spill.forget(ready.body_lsn);
             return read.map(Arc::new);
         }
         let journal = self.journal.as_ref().ok_or(crate::StoreError::Corrupt {
@@ -513,16 +531,22 @@ impl Queue {
             offset: ready.lsn,
             reason: "paged out without a log".to_owned(),
         })?;
-        journal.read(ready.lsn, ready.record_len).map(Arc::new)
+        let body = if ready.body_lsn != 0 {
+            ready.body_lsn
+        } else {
+            ready.lsn
+        };
+        journal.read(body, ready.record_len).map(Arc::new)
     }
 
     /// Forgets every spilled body (purge, delete): their spill records are dead.
     fn release_spilled(&mut self) {
         if let Some(spill) = &self.spill {
             for ready in &mut self.fresh {
-                if ready.spill_lsn != 0 {
-                    spill.forget(ready.spill_lsn);
-                    ready.spill_lsn = 0;
+                if ready.spilled {
+                    spill.forget(ready.body_lsn);
+                    ready.spilled = false;
+                    ready.body_lsn = 0;
                 }
             }
         }
@@ -556,7 +580,7 @@ impl Queue {
                             if let Some(journal) = &self.journal
                                 && ready.lsn != 0
                             {
-                                journal.ack(ready.offset, ready.lsn);
+                                journal.ack(ready.offset, ready.lsn, ready.body_lsn);
                             }
                             continue;
                         }
@@ -568,6 +592,7 @@ impl Queue {
                 message,
                 redelivered: ready.redelivered,
                 lsn: ready.lsn,
+                body_lsn: if ready.spilled { 0 } else { ready.body_lsn },
             });
         }
     }
@@ -598,6 +623,21 @@ mod tests {
 
     fn body(delivery: &Delivery) -> &[u8] {
         &delivery.message.body
+    }
+
+    #[test]
+    fn a_queued_message_costs_48_bytes_of_index() {
+        // The per-message overhead decides how long a queue fits in memory; keep it in view.
+        assert!(
+            std::mem::size_of::<Ready>() <= 48,
+            "{}",
+            std::mem::size_of::<Ready>()
+        );
+        assert!(
+            std::mem::size_of::<Entry>() <= 40,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 
     #[test]

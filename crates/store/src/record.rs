@@ -112,6 +112,11 @@ impl<'a> Fields<'a> {
         Some(u64::from_le_bytes(array))
     }
 
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        let bytes = self.take(4)?;
+        Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
     pub(crate) fn short(&mut self) -> Option<&'a [u8]> {
         let len = self.u8()? as usize;
         self.take(len)

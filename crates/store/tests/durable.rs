@@ -457,10 +457,27 @@ fn a_full_disk_fails_the_sync_then_the_store_recovers() {
     assert!(matches!(failed.error, StoreError::Io { .. }));
     // Consumers keep being served from memory.
     assert_eq!(queue.ready_count(), 2);
+    // The records wait in memory; the broker blocks publishers past a limit.
+    let waiting = store.unsynced_bytes();
+    for n in 0..10 {
+        queue.push(message(&format!("blocked {n}"), true));
+    }
+    assert!(store.unsynced_bytes() > waiting, "{waiting}");
+    assert!(store.sync().is_err());
+    let deliveries: Vec<_> = std::iter::from_fn(|| queue.pop()).collect();
+    assert_eq!(deliveries.len(), 12);
+    for delivery in deliveries {
+        if delivery.message.body.starts_with(b"blocked") {
+            queue.ack(delivery.offset).unwrap();
+        } else {
+            queue.requeue(delivery.offset);
+        }
+    }
     backend.set_disk_full(false);
     let after = queue.push(message("after", true));
     let synced = store.sync().unwrap();
     assert!(synced >= after.lsn.unwrap());
+    assert_eq!(store.unsynced_bytes(), 0);
     backend.crash(CrashMode::LoseUnsynced);
     let (_store, mut recovery) = open(&backend);
     let popped = drain(&mut take_queue(&mut recovery, "q"));
@@ -697,4 +714,79 @@ fn spilled_bodies_die_with_their_queue_and_with_the_process() {
         bodies(&popped),
         expected.iter().map(String::as_str).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_fanout_to_durable_queues_writes_the_body_once_and_each_queue_keeps_it() {
+    let backend = MemBackend::new();
+    let (store, _) = open(&backend);
+    let mut queues: Vec<Queue> = (0..3)
+        .map(|n| store.declare_queue(&queue_def(&format!("fan{n}"))).unwrap())
+        .collect();
+    let before = store.disk_usage();
+    let body = "f".repeat(2000);
+    let shared = message(&body, true);
+    let lsns: Vec<_> = queues
+        .iter_mut()
+        .map(|queue| queue.push(Arc::clone(&shared)).lsn.unwrap())
+        .collect();
+    assert!(lsns.windows(2).all(|pair| pair[0] < pair[1]));
+    store.sync().unwrap();
+    let written = store.disk_usage() - before;
+    assert!(
+        written < 2000 + 400,
+        "one body and two small records: {written}"
+    );
+
+    // The first queue (whose record holds the body) acks; the others still need the body.
+    let delivery = queues[0].pop().unwrap();
+    queues[0].ack(delivery.offset).unwrap();
+    // Filler so that the body's segment would be reclaimable if nothing held it.
+    for n in 0..30 {
+        queues[0].push(message(&format!("filler{n}-{}", "x".repeat(300)), true));
+    }
+    while let Some(delivery) = queues[0].pop() {
+        queues[0].ack(delivery.offset).unwrap();
+    }
+    store.sync().unwrap();
+    store.sync().unwrap();
+    // Paging the second queue's copy out reads the body back from the first queue's record.
+    assert_eq!(queues[1].page_out(0), 0, "shared with the third queue");
+    backend.crash(CrashMode::LoseUnsynced);
+
+    let (store, mut recovery) = open(&backend);
+    assert!(drain(&mut take_queue(&mut recovery, "fan0")).is_empty());
+    for name in ["fan1", "fan2"] {
+        let mut queue = take_queue(&mut recovery, name);
+        assert_eq!(queue.ready_bytes(), 2000, "{name}");
+        let delivery = queue.pop().unwrap();
+        assert_eq!(&delivery.message.body[..], body.as_bytes(), "{name}");
+        assert!(delivery.redelivered);
+        queue.ack(delivery.offset).unwrap();
+    }
+    store.sync().unwrap();
+    store.sync().unwrap();
+    assert!(store.segment_count() <= 2, "{}", store.segment_count());
+}
+
+#[test]
+fn a_changed_copy_of_a_fanned_out_message_keeps_its_own_fields_across_a_restart() {
+    let backend = MemBackend::new();
+    let (store, _) = open(&backend);
+    let mut plain = store.declare_queue(&queue_def("plain")).unwrap();
+    let mut ttl = store.declare_queue(&queue_def("ttl")).unwrap();
+    let original = message("body", true);
+    plain.push(Arc::clone(&original));
+    // The broker gives a queue with x-message-ttl its own copy with a deadline.
+    let mut copy = Message::clone(&original);
+    copy.expires_at_ms = Some(123_456);
+    ttl.push(Arc::new(copy));
+    store.close().unwrap();
+    drop((plain, ttl, store));
+
+    let (_store, mut recovery) = open(&backend);
+    let plain = take_queue(&mut recovery, "plain").pop().unwrap();
+    let ttl = take_queue(&mut recovery, "ttl").pop().unwrap();
+    assert_eq!(plain.message.expires_at_ms, None);
+    assert_eq!(ttl.message.expires_at_ms, Some(123_456));
 }

@@ -36,7 +36,25 @@ fn format_1_data_folder_opens_with_everything_in_it() {
     assert_eq!(binding.destination_kind, DestinationKind::Queue);
     assert_eq!(binding.routing_key.as_bytes(), b"eu.#");
 
-    assert_eq!(recovery.queues.len(), 1);
+    assert_eq!(recovery.queues.len(), 2);
+    let index = recovery
+        .queues
+        .iter()
+        .position(|(def, _)| def.name.as_bytes() == b"fixture.copy")
+        .unwrap();
+    let (_, mut copy) = recovery.queues.remove(index);
+    // Its records point at the bodies in the first queue's records (one of them acked there).
+    let bodies: Vec<_> = std::iter::from_fn(|| copy.pop())
+        .map(|delivery| (delivery.message.body.clone(), delivery.redelivered))
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![
+            (bytes::Bytes::from_static(b"acked"), false),
+            (bytes::Bytes::from_static(b"delivered"), false),
+            (bytes::Bytes::from_static(b"ready"), false)
+        ]
+    );
     let (def, mut queue) = recovery.queues.pop().unwrap();
     assert_eq!(def.name.as_bytes(), b"fixture.queue");
     let delivered = queue.pop().unwrap();

@@ -20,7 +20,13 @@ use warren_codec::ShortString;
 use warren_store::{Message, Queue, QueueDef, Store};
 
 const CHILD_ENV: &str = "WARREN_STORE_CHILD";
-const ROUNDS: u64 = 20;
+/// 20 rounds in CI; `WARREN_STORE_KILL_ROUNDS=500` for a longer run.
+fn rounds() -> u64 {
+    std::env::var("WARREN_STORE_KILL_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(20)
+}
 
 fn queue_def() -> QueueDef {
     QueueDef {
@@ -121,7 +127,7 @@ fn sigkill_at_random_moments_loses_no_confirmed_message() {
     let mut random = 0x2545_F491_4F6C_DD1Du64;
     // Every line the writers printed, for failure messages.
     let mut history: Vec<(u64, String)> = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",

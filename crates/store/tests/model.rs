@@ -21,6 +21,11 @@ enum Op {
         len: usize,
         persistent: bool,
     },
+    /// A fanout: the same message pushed to every queue.
+    PushAll {
+        len: usize,
+        persistent: bool,
+    },
     Pop {
         queue: usize,
     },
@@ -58,6 +63,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (queue.clone(), 0..700usize, prop::bool::weighted(0.8))
             .prop_map(|(queue, len, persistent)| Op::Push { queue, len, persistent }),
+        3 => (0..700usize, prop::bool::weighted(0.8))
+            .prop_map(|(len, persistent)| Op::PushAll { len, persistent }),
         4 => queue.clone().prop_map(|queue| Op::Pop { queue }),
         1 => queue.clone().prop_map(|queue| Op::PopNoAck { queue }),
         1 => queue.clone().prop_map(|queue| Op::Bounce { queue }),
@@ -269,6 +276,35 @@ fn run(ops: Vec<Op>) {
                     },
                 );
                 model[queue].ready.insert(id);
+            }
+            Op::PushAll { len, persistent } => {
+                let id = next_id;
+                next_id += 1;
+                let body = format!("{id}:{}", "f".repeat(len));
+                let message = Arc::new(
+                    Message::new(
+                        ShortString::new(),
+                        ShortString::from_static("k"),
+                        Bytes::new(),
+                        Bytes::from(body),
+                    )
+                    .with_persistent(persistent),
+                );
+                for (queue, model_queue) in queues.iter_mut().zip(model.iter_mut()) {
+                    let pushed = queue.push(Arc::clone(&message));
+                    assert_eq!(pushed.lsn.is_some(), persistent);
+                    model_queue.messages.insert(
+                        id,
+                        ModelMessage {
+                            persistent,
+                            publish: Dur::Pending,
+                            ack: None,
+                            delivered: None,
+                            survivor: false,
+                        },
+                    );
+                    model_queue.ready.insert(id);
+                }
             }
             Op::Pop { queue } | Op::PopNoAck { queue } => {
                 let no_ack = matches!(op, Op::PopNoAck { .. });
