@@ -279,3 +279,56 @@ async fn committed_transaction_of_persistent_messages_survives_a_restart() {
         2
     );
 }
+
+#[tokio::test]
+async fn message_deadlines_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let broker = TestBroker::start_with(durable_config(dir.path())).await;
+        let (_conn, channel) = broker.channel().await;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            lapin::types::AMQPValue::LongInt(300),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare("ttl.d".into(), durable, args)
+            .await
+            .unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                "ttl.d".into(),
+                BasicPublishOptions::default(),
+                b"m",
+                persistent(),
+            )
+            .await
+            .unwrap();
+        within(5, confirm).await.unwrap();
+        broker.broker.shutdown().await;
+    }
+    let broker = TestBroker::start_with(durable_config(dir.path())).await;
+    let (_conn, channel) = broker.channel().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        channel
+            .queue_declare("ttl.d".into(), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count(),
+        0
+    );
+}

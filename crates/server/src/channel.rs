@@ -192,6 +192,8 @@ pub struct Channel {
     /// The name of this channel's direct reply-to queue, once it consumed
     /// `amq.rabbitmq.reply-to`.
     reply_to: Option<ShortString>,
+    /// The queue last declared on this channel, for the empty-name shortcut.
+    last_queue: Option<ShortString>,
     /// Scratch space for routing, reused from one publish to the next.
     route_buf: warren_router::RouteBuf<Arc<QueueEntity>>,
 }
@@ -216,6 +218,7 @@ impl Channel {
             consumer_prefetch: 0,
             mode: Mode::Plain,
             reply_to: None,
+            last_queue: None,
             route_buf: warren_router::RouteBuf::new(),
         }
     }
@@ -534,8 +537,14 @@ impl Channel {
             Method::QueueDeclare(declare) => self.recv_queue_declare(declare, ctx)?,
             Method::QueueBind(bind) => {
                 let queue = self.queue_for(&bind.queue, ctx)?;
+                // Both empty: the routing key is the last declared queue's name too.
+                let routing_key = if bind.queue.is_empty() && bind.routing_key.is_empty() {
+                    queue.name.clone()
+                } else {
+                    bind.routing_key.clone()
+                };
                 ctx.vhost
-                    .bind_queue(&queue, &bind.exchange, &bind.routing_key, &bind.arguments)?;
+                    .bind_queue(&queue, &bind.exchange, &routing_key, &bind.arguments)?;
                 if !bind.nowait {
                     ctx.out.method(n, m::QueueBindOk {});
                 }
@@ -558,7 +567,7 @@ impl Channel {
                 }
             }
             Method::QueueDelete(delete) => {
-                let name = self.resolve_queue_name(&delete.queue);
+                let name = self.resolve_queue_name(&delete.queue)?;
                 let message_count = match ctx.vhost.queue(&name) {
                     None => 0,
                     Some(queue) => {
@@ -619,6 +628,7 @@ impl Channel {
             arguments: declare.arguments,
             conn_id: ctx.conn_id,
         })?;
+        self.last_queue = Some(queue.name.clone());
         if created && queue.exclusive_owner.is_some() {
             ctx.exclusive_queues.push(Arc::clone(&queue));
         }
@@ -636,8 +646,14 @@ impl Channel {
         Ok(())
     }
 
-    fn resolve_queue_name(&self, name: &ShortString) -> ShortString {
-        name.clone()
+    /// The spec's shortcut: an empty queue name means the queue last declared on the channel.
+    fn resolve_queue_name(&self, name: &ShortString) -> Result<ShortString, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name.clone());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| ChannelError::not_found("no previously declared queue").into())
     }
 
     fn queue_for(
@@ -645,6 +661,7 @@ impl Channel {
         name: &ShortString,
         ctx: &ConnCtx<'_>,
     ) -> Result<Arc<QueueEntity>, AmqpError> {
+        let name = &self.resolve_queue_name(name)?;
         let queue = ctx.vhost.queue(name).ok_or_else(|| {
             ChannelError::not_found(format!("no queue '{name}' in vhost '{}'", ctx.vhost.name()))
         })?;

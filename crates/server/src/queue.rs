@@ -304,6 +304,7 @@ impl QueueEntity {
                 .unwrap_or(usize::MAX),
         );
         let limits = LengthLimits::from_arguments(&arguments);
+        let recovered_any = messages.ready_count() > 0;
         let message_ttl = integer_argument(&arguments, b"x-message-ttl");
         let dead_letter = match arguments.get(b"x-dead-letter-exchange") {
             Some(warren_codec::FieldValue::LongString(exchange)) => {
@@ -326,7 +327,8 @@ impl QueueEntity {
             message_ttl,
             dead_letter,
             sink: std::sync::OnceLock::new(),
-            expiring: AtomicBool::new(false),
+            // Recovered messages may carry deadlines (the store keeps them in its log).
+            expiring: AtomicBool::new(recovered_any),
             expires: integer_argument(&arguments, b"x-expires"),
             last_used: std::sync::atomic::AtomicU64::new(now_ms()),
             name,
