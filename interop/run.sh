@@ -191,5 +191,10 @@ if [ "$status" = 0 ]; then
     say "all interop scenarios behaved as expected"
 else
     say "interop suite FAILED"
+    if [ -n "$WARREN_PID" ]; then
+        if kill -0 "$WARREN_PID" 2>/dev/null; then state="still running"; else state="EXITED"; fi
+        echo "Warren ($state); the last lines of its output:"
+        tail -40 "$WARREN_LOG" | sed 's/^/    /'
+    fi
 fi
 exit "$status"

@@ -232,3 +232,103 @@ async fn ephemeral_mode_writes_nothing() {
     broker.broker.shutdown().await;
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[tokio::test]
+async fn committed_transaction_of_persistent_messages_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let broker = TestBroker::start_with(durable_config(dir.path())).await;
+        let (_conn, channel) = broker.channel().await;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare("txq".into(), durable, FieldTable::default())
+            .await
+            .unwrap();
+        channel.tx_select().await.unwrap();
+        for body in [&b"a"[..], b"b"] {
+            channel
+                .basic_publish(
+                    "".into(),
+                    "txq".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    persistent(),
+                )
+                .await
+                .unwrap();
+        }
+        // commit-ok comes once both are on disk.
+        within(5, channel.tx_commit()).await.unwrap();
+        broker.broker.shutdown().await;
+    }
+    let broker = TestBroker::start_with(durable_config(dir.path())).await;
+    let (_conn, channel) = broker.channel().await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        channel
+            .queue_declare("txq".into(), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn message_deadlines_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let broker = TestBroker::start_with(durable_config(dir.path())).await;
+        let (_conn, channel) = broker.channel().await;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            lapin::types::AMQPValue::LongInt(300),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare("ttl.d".into(), durable, args)
+            .await
+            .unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                "ttl.d".into(),
+                BasicPublishOptions::default(),
+                b"m",
+                persistent(),
+            )
+            .await
+            .unwrap();
+        within(5, confirm).await.unwrap();
+        broker.broker.shutdown().await;
+    }
+    let broker = TestBroker::start_with(durable_config(dir.path())).await;
+    let (_conn, channel) = broker.channel().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        channel
+            .queue_declare("ttl.d".into(), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count(),
+        0
+    );
+}

@@ -663,3 +663,48 @@ async fn cc_and_bcc_headers_add_routing_keys_and_bcc_is_hidden() {
         );
     }
 }
+
+#[tokio::test]
+async fn empty_queue_name_means_the_last_declared_queue() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    let err = channel
+        .queue_purge("".into(), QueuePurgeOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        amqp_error(&err),
+        Some((404, "NOT_FOUND - no previously declared queue".into()))
+    );
+    let (_conn, channel) = broker.channel().await;
+    let q = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // Queue and routing key both empty: bound with the queue's own name as the key.
+    channel
+        .queue_bind(
+            "".into(),
+            "amq.direct".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    publish(&channel, "amq.direct", q.name().as_str(), b"x").await;
+    assert_eq!(
+        channel
+            .queue_purge("".into(), QueuePurgeOptions::default())
+            .await
+            .unwrap(),
+        1
+    );
+}

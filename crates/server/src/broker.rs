@@ -229,7 +229,7 @@ fn recover(vhosts: &HashMap<String, Arc<VHost>>, recovery: Recovery) {
             messages,
         ));
         queue.set_dead_letter_sink(vhost.me.clone());
-        if queue.expires.is_some() {
+        if queue.expires.is_some() || queue.expiring.load(Ordering::Relaxed) {
             vhost.register_expiring(Arc::downgrade(&queue));
         }
         vhost.topology.add_queue(def.name.clone(), queue);

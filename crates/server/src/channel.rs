@@ -169,6 +169,8 @@ enum Mode {
     Tx {
         publishes: Vec<Publish>,
         acks: Vec<(AckKind, Vec<Unacked>)>,
+        /// Commits whose commit-ok waits for the store's sync, by log position, in order.
+        commits: VecDeque<Lsn>,
     },
 }
 
@@ -190,6 +192,8 @@ pub struct Channel {
     /// The name of this channel's direct reply-to queue, once it consumed
     /// `amq.rabbitmq.reply-to`.
     reply_to: Option<ShortString>,
+    /// The queue last declared on this channel, for the empty-name shortcut.
+    last_queue: Option<ShortString>,
     /// Scratch space for routing, reused from one publish to the next.
     route_buf: warren_router::RouteBuf<Arc<QueueEntity>>,
 }
@@ -214,6 +218,7 @@ impl Channel {
             consumer_prefetch: 0,
             mode: Mode::Plain,
             reply_to: None,
+            last_queue: None,
             route_buf: warren_router::RouteBuf::new(),
         }
     }
@@ -423,6 +428,7 @@ impl Channel {
                         self.mode = Mode::Tx {
                             publishes: Vec::new(),
                             acks: Vec::new(),
+                            commits: VecDeque::new(),
                         }
                     }
                     Mode::Tx { .. } => {}
@@ -430,23 +436,42 @@ impl Channel {
                 ctx.out.method(n, m::TxSelectOk {});
             }
             Method::TxCommit(_) => {
-                let Mode::Tx { publishes, acks } = &mut self.mode else {
+                let Mode::Tx {
+                    publishes, acks, ..
+                } = &mut self.mode
+                else {
                     return Err(
                         ChannelError::precondition_failed("channel is not transactional").into(),
                     );
                 };
                 let publishes = std::mem::take(publishes);
                 let acks = std::mem::take(acks);
+                let mut lsn: Option<Lsn> = None;
                 for publish in publishes {
-                    self.route(publish, ctx)?;
+                    lsn = lsn.max(self.route(publish, ctx)?);
                 }
                 for (kind, entries) in acks {
                     self.settle(kind, entries);
                 }
-                ctx.out.method(n, m::TxCommitOk {});
+                // A commit of persisted messages is answered once they are on disk.
+                let Mode::Tx { commits, .. } = &mut self.mode else {
+                    return Ok(After::Nothing);
+                };
+                match lsn.max(commits.back().copied()) {
+                    None => ctx.out.method(n, m::TxCommitOk {}),
+                    Some(at) => {
+                        commits.push_back(at);
+                        if !ctx.confirm_dirty.contains(&n) {
+                            ctx.confirm_dirty.push(n);
+                        }
+                    }
+                }
             }
             Method::TxRollback(_) => {
-                let Mode::Tx { publishes, acks } = &mut self.mode else {
+                let Mode::Tx {
+                    publishes, acks, ..
+                } = &mut self.mode
+                else {
                     return Err(
                         ChannelError::precondition_failed("channel is not transactional").into(),
                     );
@@ -512,8 +537,14 @@ impl Channel {
             Method::QueueDeclare(declare) => self.recv_queue_declare(declare, ctx)?,
             Method::QueueBind(bind) => {
                 let queue = self.queue_for(&bind.queue, ctx)?;
+                // Both empty: the routing key is the last declared queue's name too.
+                let routing_key = if bind.queue.is_empty() && bind.routing_key.is_empty() {
+                    queue.name.clone()
+                } else {
+                    bind.routing_key.clone()
+                };
                 ctx.vhost
-                    .bind_queue(&queue, &bind.exchange, &bind.routing_key, &bind.arguments)?;
+                    .bind_queue(&queue, &bind.exchange, &routing_key, &bind.arguments)?;
                 if !bind.nowait {
                     ctx.out.method(n, m::QueueBindOk {});
                 }
@@ -536,7 +567,7 @@ impl Channel {
                 }
             }
             Method::QueueDelete(delete) => {
-                let name = self.resolve_queue_name(&delete.queue);
+                let name = self.resolve_queue_name(&delete.queue)?;
                 let message_count = match ctx.vhost.queue(&name) {
                     None => 0,
                     Some(queue) => {
@@ -597,6 +628,7 @@ impl Channel {
             arguments: declare.arguments,
             conn_id: ctx.conn_id,
         })?;
+        self.last_queue = Some(queue.name.clone());
         if created && queue.exclusive_owner.is_some() {
             ctx.exclusive_queues.push(Arc::clone(&queue));
         }
@@ -614,8 +646,14 @@ impl Channel {
         Ok(())
     }
 
-    fn resolve_queue_name(&self, name: &ShortString) -> ShortString {
-        name.clone()
+    /// The spec's shortcut: an empty queue name means the queue last declared on the channel.
+    fn resolve_queue_name(&self, name: &ShortString) -> Result<ShortString, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name.clone());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| ChannelError::not_found("no previously declared queue").into())
     }
 
     fn queue_for(
@@ -623,6 +661,7 @@ impl Channel {
         name: &ShortString,
         ctx: &ConnCtx<'_>,
     ) -> Result<Arc<QueueEntity>, AmqpError> {
+        let name = &self.resolve_queue_name(name)?;
         let queue = ctx.vhost.queue(name).ok_or_else(|| {
             ChannelError::not_found(format!("no queue '{name}' in vhost '{}'", ctx.vhost.name()))
         })?;
@@ -909,7 +948,13 @@ impl Channel {
         Ok(After::Nothing)
     }
 
-    fn route(&mut self, mut publish: Publish, ctx: &mut ConnCtx<'_>) -> Result<(), AmqpError> {
+    /// Routes one complete message; returns the log position its confirm (or commit) waits
+    /// for, if a queue wrote it to disk.
+    fn route(
+        &mut self,
+        mut publish: Publish,
+        ctx: &mut ConnCtx<'_>,
+    ) -> Result<Option<Lsn>, AmqpError> {
         let n = self.number;
         if publish
             .properties
@@ -980,6 +1025,7 @@ impl Channel {
                 publish.body,
             )
             .with_persistent(persistent);
+            message.priority = publish.properties.priority;
             // Per-message TTL: the expiration property, in milliseconds, as a string.
             if let Some(ttl) = publish
                 .properties
@@ -1044,13 +1090,42 @@ impl Channel {
                 ctx.confirm_dirty.push(n);
             }
         }
-        Ok(())
+        Ok(lsn)
     }
 
     /// Sends the confirms that are due: those collected in this batch that needed no sync as
     /// one `basic.ack` (with `multiple` for a run), then those whose log position is synced;
     /// a failed sync nacks the ones it may have lost.
     pub fn flush_confirms(&mut self, out: &mut Out, sync: Option<SyncState>) {
+        if let Mode::Tx { commits, .. } = &mut self.mode {
+            let Some(sync) = sync else { return };
+            while let Some(&at) = commits.front() {
+                if at <= sync.synced {
+                    out.method(self.number, m::TxCommitOk {});
+                } else if at <= sync.failed {
+                    // The disk failed under this commit: say so rather than leave the client
+                    // waiting (RabbitMQ would crash the queue).
+                    out.method(
+                        self.number,
+                        m::ChannelClose {
+                            reply_code: ReplyCode::InternalError as u16,
+                            reply_text: ShortString::from_static(
+                                "INTERNAL_ERROR - the store could not sync this transaction",
+                            ),
+                            class_id: 90,
+                            method_id: 20,
+                        },
+                    );
+                    self.closing = true;
+                    commits.clear();
+                    return;
+                } else {
+                    break;
+                }
+                commits.pop_front();
+            }
+            return;
+        }
         let Mode::Confirm {
             pending, waiting, ..
         } = &mut self.mode
@@ -1127,7 +1202,11 @@ impl Channel {
 
     /// Whether confirms wait for the store's sync.
     pub fn has_waiting_confirms(&self) -> bool {
-        matches!(&self.mode, Mode::Confirm { waiting, .. } if !waiting.is_empty())
+        match &self.mode {
+            Mode::Confirm { waiting, .. } => !waiting.is_empty(),
+            Mode::Tx { commits, .. } => !commits.is_empty(),
+            Mode::Plain => false,
+        }
     }
 }
 

@@ -985,8 +985,11 @@ impl Log {
             let current = writer.current.number;
             let mut doomed = Vec::new();
             let mut carry = Vec::new();
+            // A segment sealed after this sync began may hold records not yet written to its
+            // file: carrying forward reads the file, so it waits for the next sync.
+            let unsynced: BTreeSet<u64> = writer.sealed.iter().map(|tail| tail.number).collect();
             for (number, state) in &writer.segments {
-                if *number == current || state.live != 0 {
+                if *number == current || state.live != 0 || unsynced.contains(number) {
                     continue;
                 }
                 // Older segments are decided first: a target stays only if it has live messages.
@@ -1098,6 +1101,13 @@ impl Log {
             .map(|(_, state)| state.len)
             .sum();
         sealed + writer.current.end()
+    }
+
+    /// Bytes appended but not yet covered by a successful fsync (held in memory until then).
+    pub(crate) fn unsynced_bytes(&self) -> u64 {
+        let writer = self.writer.lock();
+        let sealed: usize = writer.sealed.iter().map(|tail| tail.bytes.len()).sum();
+        (sealed + writer.current.bytes.len()) as u64
     }
 
     /// Number of segment files.

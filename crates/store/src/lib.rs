@@ -70,7 +70,9 @@
 //!    by every queue since the last sync (group commit) and returns the durable [`Lsn`]; publish it
 //!    (e.g. a `tokio::sync::watch`) so channels send `basic.ack` for their confirms up to it. On
 //!    `Err(SyncFailed)`, `basic.nack` every confirm waiting on an `Lsn` up to
-//!    [`SyncFailed::upto`]; later syncs work again once the disk does.
+//!    [`SyncFailed::upto`]; later syncs work again once the disk does. Meanwhile the records wait
+//!    in memory: block publishers of persistent messages while [`Store::unsynced_bytes`] is
+//!    above a limit.
 //! 5. On shutdown, after the last queue operation: [`Store::close`], so the next start knows which
 //!    messages were never delivered.
 //! 6. Memory: create transient queues with [`Store::transient_queue`] (not [`Queue::new`]) when a

@@ -244,6 +244,14 @@ impl Store {
         self.log.disk_usage() + self.definitions.lock().len()
     }
 
+    /// Bytes of log records appended but not yet on stable storage; they stay in memory until a
+    /// sync succeeds. This grows while the disk refuses writes (full, failing): the broker should
+    /// stop reading from publishers of persistent messages (and send `connection.blocked`) when
+    /// it passes a limit, as RabbitMQ does below its free-disk limit.
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.log.unsynced_bytes()
+    }
+
     /// Number of log segment files (for tests and metrics).
     pub fn segment_count(&self) -> usize {
         self.log.segment_count()
