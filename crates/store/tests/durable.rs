@@ -582,6 +582,11 @@ fn paged_out_bodies_are_read_back_in_order() {
         50 * 200 + 50 * 3 - 10 + 6 + 8,
         "bytes still counted"
     );
+    let paged_bytes: u64 = (10..50u64).map(|n| 201 + n.to_string().len() as u64).sum();
+    assert_eq!(
+        queue.resident_ready_bytes(),
+        queue.ready_bytes() - paged_bytes
+    );
     // Prefetch the first paged ones.
     assert_eq!(queue.page_in(12), 2);
     assert_eq!(queue.paged_count(), 38);
@@ -592,6 +597,7 @@ fn paged_out_bodies_are_read_back_in_order() {
     assert_eq!(bodies(&popped), expected);
     assert_eq!(queue.paged_count(), 0);
     assert!(unsynced.lsn.is_some());
+    assert_eq!(queue.resident_ready_bytes(), 0);
 }
 
 #[test]
@@ -671,6 +677,7 @@ fn transient_bodies_spill_to_disk_and_come_back_in_order() {
     }
     assert_eq!(got, all);
     assert_eq!(queue.paged_count(), 0);
+    assert_eq!(queue.resident_ready_bytes(), 0);
     store.sync().unwrap();
     assert_eq!(
         spill_files(&backend),
