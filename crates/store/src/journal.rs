@@ -985,8 +985,11 @@ impl Log {
             let current = writer.current.number;
             let mut doomed = Vec::new();
             let mut carry = Vec::new();
+            // A segment sealed after this sync began may hold records not yet written to its
+            // file: carrying forward reads the file, so it waits for the next sync.
+            let unsynced: BTreeSet<u64> = writer.sealed.iter().map(|tail| tail.number).collect();
             for (number, state) in &writer.segments {
-                if *number == current || state.live != 0 {
+                if *number == current || state.live != 0 || unsynced.contains(number) {
                     continue;
                 }
                 // Older segments are decided first: a target stays only if it has live messages.

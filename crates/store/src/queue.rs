@@ -138,6 +138,8 @@ pub struct Queue {
     journal: Option<Journal>,
     /// How many entries of `fresh` are paged out.
     paged: usize,
+    /// The sum of their body lengths.
+    paged_bytes: u64,
     /// Where bodies without a durable record go under memory pressure; `None` without a store.
     spill: Option<Arc<Log>>,
 }
@@ -163,6 +165,7 @@ impl Queue {
             queue.next_offset = queue.next_offset.max(recovered.offset + 1);
             if recovered.message.is_none() {
                 queue.paged += 1;
+                queue.paged_bytes += recovered.body_len;
             }
             queue.fresh.push_back(Ready {
                 offset: recovered.offset,
@@ -332,6 +335,7 @@ impl Queue {
         let requeued = std::mem::take(&mut self.requeued);
         let fresh = std::mem::take(&mut self.fresh);
         self.paged = 0;
+        self.paged_bytes = 0;
         if let Some(journal) = &self.journal {
             let logged = requeued
                 .values()
@@ -400,6 +404,12 @@ impl Queue {
         self.paged
     }
 
+    /// Body bytes of ready messages held in memory (`ready_bytes` minus what is paged out): what
+    /// paging this queue out could release, for the broker's memory budget.
+    pub fn resident_ready_bytes(&self) -> u64 {
+        self.ready_bytes - self.paged_bytes
+    }
+
     /// Drops from memory the bodies of ready messages past the first `keep_resident` that no
     /// other queue shares. A body the durable log already holds (persistent, synced) is simply
     /// dropped; any other goes to the store's spill log (written, never synced, wiped at start),
@@ -421,6 +431,7 @@ impl Queue {
                 released += message.memory_size();
                 ready.message = None;
                 self.paged += 1;
+                self.paged_bytes += ready.body_len;
             } else if ready.lsn == 0
                 && let Some(spill) = &self.spill
             {
@@ -445,6 +456,7 @@ impl Queue {
                     {
                         released += message.memory_size();
                         self.paged += 1;
+                        self.paged_bytes += ready.body_len;
                     }
                 }
             }
@@ -483,6 +495,7 @@ impl Queue {
                 Ok(message) => {
                     if let Some(ready) = self.fresh.get_mut(index) {
                         ready.message = Some(message);
+                        self.paged_bytes -= ready.body_len;
                     }
                     self.paged -= 1;
                     loaded += 1;
@@ -570,6 +583,7 @@ impl Queue {
                 Some(message) => message,
                 None => {
                     self.paged -= 1;
+                    self.paged_bytes -= ready.body_len;
                     match self.read_ready(&ready) {
                         Ok(message) => message,
                         Err(error) => {

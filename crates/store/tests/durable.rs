@@ -4,6 +4,7 @@
 // Helpers here are test code too: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -581,6 +582,11 @@ fn paged_out_bodies_are_read_back_in_order() {
         50 * 200 + 50 * 3 - 10 + 6 + 8,
         "bytes still counted"
     );
+    let paged_bytes: u64 = (10..50u64).map(|n| 201 + n.to_string().len() as u64).sum();
+    assert_eq!(
+        queue.resident_ready_bytes(),
+        queue.ready_bytes() - paged_bytes
+    );
     // Prefetch the first paged ones.
     assert_eq!(queue.page_in(12), 2);
     assert_eq!(queue.paged_count(), 38);
@@ -591,6 +597,7 @@ fn paged_out_bodies_are_read_back_in_order() {
     assert_eq!(bodies(&popped), expected);
     assert_eq!(queue.paged_count(), 0);
     assert!(unsynced.lsn.is_some());
+    assert_eq!(queue.resident_ready_bytes(), 0);
 }
 
 #[test]
@@ -670,6 +677,7 @@ fn transient_bodies_spill_to_disk_and_come_back_in_order() {
     }
     assert_eq!(got, all);
     assert_eq!(queue.paged_count(), 0);
+    assert_eq!(queue.resident_ready_bytes(), 0);
     store.sync().unwrap();
     assert_eq!(
         spill_files(&backend),
@@ -789,4 +797,58 @@ fn a_changed_copy_of_a_fanned_out_message_keeps_its_own_fields_across_a_restart(
     let ttl = take_queue(&mut recovery, "ttl").pop().unwrap();
     assert_eq!(plain.message.expires_at_ms, None);
     assert_eq!(ttl.message.expires_at_ms, Some(123_456));
+}
+
+#[test]
+fn a_sync_thread_racing_appends_rolls_and_acks_keeps_the_promises() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for round in 0..5 {
+        let backend = MemBackend::new();
+        let (store, _) = open(&backend);
+        let store = Arc::new(store);
+        let stop = Arc::new(AtomicBool::new(false));
+        let syncer = {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    store.sync().unwrap();
+                }
+            })
+        };
+        let mut queue = store.declare_queue(&queue_def("race")).unwrap();
+        // body -> (publish lsn, lsn bound of its ack)
+        let mut log: BTreeMap<String, (u64, Option<u64>)> = BTreeMap::new();
+        for n in 0..3000 {
+            let body = format!("{round}-{n:05}-{}", "r".repeat(n % 300));
+            let pushed = queue.push(message(&body, true));
+            log.insert(body, (pushed.lsn.unwrap().0, None));
+            if n % 50 != 0 {
+                let delivery = queue.pop().unwrap();
+                queue.ack(delivery.offset).unwrap();
+                let body = String::from_utf8(delivery.message.body.to_vec()).unwrap();
+                let bound = store.appended().0;
+                log.get_mut(&body).unwrap().1 = Some(bound);
+            }
+        }
+        stop.store(true, Ordering::Release);
+        syncer.join().unwrap();
+        let synced = store.synced().0;
+        drop(queue);
+        backend.crash(CrashMode::LoseUnsynced);
+
+        let (_store, mut recovery) = open(&backend);
+        let popped = drain(&mut take_queue(&mut recovery, "race"));
+        let present: std::collections::BTreeSet<&str> = bodies(&popped).into_iter().collect();
+        for (body, (publish, ack)) in &log {
+            match ack {
+                Some(ack) if *ack <= synced => {
+                    assert!(!present.contains(body.as_str()), "acked {body} came back")
+                }
+                None if *publish <= synced => {
+                    assert!(present.contains(body.as_str()), "confirmed {body} lost")
+                }
+                _ => {}
+            }
+        }
+    }
 }
