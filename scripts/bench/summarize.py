@@ -29,6 +29,7 @@ FIGURES = [
     ("S5", "drain msg/s", lambda r: (r.get("backlog") or {}).get("drain_rate"), "", True, 2.0),
     ("S5", "broker CPU µs/msg", lambda r: (r.get("broker") or {}).get("cpu_us_per_msg"), "", False, None),
     ("S6", "broker RSS KiB/connection", lambda r: (r.get("idle") or {}).get("rss_per_connection_kib"), "", False, 0.25),
+    ("S6W", "broker RSS KiB/connection", lambda r: (r.get("idle") or {}).get("rss_per_connection_kib"), "", False, None),
     ("S7", "latency p50 µs", lambda r: (r.get("latency") or {}).get("p50_us"), "", False, None),
     ("S7", "latency p99 µs", lambda r: (r.get("latency") or {}).get("p99_us"), "", False, 0.5),
 ]
@@ -40,6 +41,7 @@ DESCRIPTIONS = {
     "S4": "fanout to 10 queues, 10 consumers, 256 B, autoack",
     "S5": "backlog of {backlog:,} × 256 B (confirms 1000), then drain",
     "S6": "{idle_conns:,} idle connections, one channel each",
+    "S6W": "2,000 idle connections, Warren only (RabbitMQ here is limited to 832 sockets)",
     "S7": "1,000 msg/s, 256 B, autoack: end-to-end latency",
 }
 

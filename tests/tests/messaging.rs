@@ -1076,3 +1076,49 @@ async fn reject_publish_overflow_nacks_the_confirm() {
     assert_eq!(got.delivery.data, b"kept");
     assert_eq!(got.message_count, 0);
 }
+
+#[tokio::test]
+async fn priority_queue_delivers_higher_priorities_first() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    declare_with(
+        &channel,
+        "prio",
+        &[(
+            "x-max-priority",
+            lapin::types::AMQPValue::ShortShortUInt(10),
+        )],
+    )
+    .await;
+    for (body, priority) in [
+        (&b"none"[..], None),
+        (b"one", Some(1)),
+        (b"nine", Some(9)),
+        (b"five", Some(5)),
+        (b"nine again", Some(9)),
+    ] {
+        let mut props = BasicProperties::default();
+        if let Some(p) = priority {
+            props = props.with_priority(p);
+        }
+        channel
+            .basic_publish(
+                "".into(),
+                "prio".into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .unwrap();
+    }
+    let mut order = Vec::new();
+    while let Some(m) = channel
+        .basic_get("prio".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        order.push(String::from_utf8(m.delivery.data).unwrap());
+    }
+    assert_eq!(order, ["nine", "nine again", "five", "one", "none"]);
+}

@@ -1025,6 +1025,7 @@ impl Channel {
                 publish.body,
             )
             .with_persistent(persistent);
+            message.priority = publish.properties.priority;
             // Per-message TTL: the expiration property, in milliseconds, as a string.
             if let Some(ttl) = publish
                 .properties

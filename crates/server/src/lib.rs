@@ -21,6 +21,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod levels;
 pub mod listener;
 pub mod memory;
 pub mod queue;

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use warren_codec::{FieldTable, ShortString};
 use warren_store::{Delivery, Lsn, Message};
 
+use crate::levels::Levels;
 use crate::memory::MemoryMonitor;
 
 /// Bytes of deliveries waiting in a connection's outbox above which dispatch skips that
@@ -209,8 +210,9 @@ pub struct QueueEntity {
 }
 
 struct QueueInner {
-    /// The store's queue: ready messages in order, unacked ones by offset.
-    messages: warren_store::Queue,
+    /// The store's queue (one per priority level): ready messages in order, unacked ones
+    /// by offset.
+    messages: Levels,
     /// Consumers in round-robin order.
     consumers: Vec<Arc<Consumer>>,
     /// Index of the consumer to try first on the next delivery.
@@ -305,6 +307,10 @@ impl QueueEntity {
         );
         let limits = LengthLimits::from_arguments(&arguments);
         let recovered_any = messages.ready_count() > 0;
+        // x-max-priority: RabbitMQ caps it at 255. Durable queues keep one level (the store
+        // logs one queue per name), so priorities apply to transient queues only for now.
+        let max_priority = integer_argument(&arguments, b"x-max-priority")
+            .map(|max| u8::try_from(max).unwrap_or(u8::MAX));
         let message_ttl = integer_argument(&arguments, b"x-message-ttl");
         let dead_letter = match arguments.get(b"x-dead-letter-exchange") {
             Some(warren_codec::FieldValue::LongString(exchange)) => {
@@ -338,7 +344,10 @@ impl QueueEntity {
             exclusive_owner,
             arguments,
             inner: Mutex::new(QueueInner {
-                messages,
+                messages: match max_priority {
+                    Some(max) if !messages.is_durable() => Levels::with_max_priority(max),
+                    _ => Levels::single(messages),
+                },
                 consumers: Vec::new(),
                 next_consumer: 0,
                 had_consumer: false,
@@ -493,7 +502,7 @@ impl QueueEntity {
 
     /// Takes the messages out (the queue is being deleted), for `Store::delete_queue`.
     pub fn take_messages(&self) -> warren_store::Queue {
-        let messages = std::mem::take(&mut self.inner.lock().messages);
+        let messages = self.inner.lock().messages.take_first();
         self.memory.sub(
             usize::try_from(messages.ready_bytes() + messages.unacked_bytes())
                 .unwrap_or(usize::MAX),

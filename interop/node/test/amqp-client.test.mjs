@@ -393,3 +393,12 @@ scenario("prefetch_size_not_implemented", async () => {
   const ch = await conn.channel();
   await expectConnectionClose(conn, ch.basicQos(10, 4096), 540, "NOT_IMPLEMENTED");
 });
+
+scenario("channel_flow_inactive_not_implemented", async () => {
+  const conn = await connect();
+  const ch = await conn.channel();
+  // RabbitMQ 3.x answers flow(active=true) with flow-ok, but does not let a client pause its
+  // deliveries: flow(active=false) is a 540 connection error.
+  assert.equal(await ch.basicFlow(true), true);
+  await expectConnectionClose(conn, ch.basicFlow(false), 540, "NOT_IMPLEMENTED");
+});
