@@ -923,3 +923,67 @@ def test_example_publish_consume():
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("received 'hello from pika' from amq.gen-"), run.stdout
+
+
+# -- more refusals, as RabbitMQ words them ---------------------------------------------------
+
+
+def test_unknown_vhost_refused():
+    params = BROKER.pika_params(virtual_host="interop-no-such-vhost")
+    # pika reports a close during connection.open as a probable access denial.
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as excinfo:
+        pika.BlockingConnection(params)
+    assert "(530) 'NOT_ALLOWED - vhost interop-no-such-vhost not found'" in str(excinfo.value)
+
+
+def test_unknown_exchange_type_refused(connection, names):
+    channel = connection.channel()
+    # An unknown type is a connection error in RabbitMQ: 503 COMMAND_INVALID.
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as excinfo:
+        channel.exchange_declare(names.exchange(), "no-such-type")
+    assert excinfo.value.reply_code == 503
+    assert excinfo.value.reply_text == "COMMAND_INVALID - unknown exchange type 'no-such-type'"
+
+
+def test_default_exchange_refused(connection, names):
+    channel = connection.channel()
+    queue = names.queue()
+    channel.queue_declare(queue)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        channel.queue_bind(queue, "", routing_key="k")
+    assert_channel_closed(excinfo, 403, "ACCESS_REFUSED")
+    channel = connection.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        channel.exchange_delete("")
+    assert_channel_closed(excinfo, 403, "ACCESS_REFUSED")
+    assert connection.is_open
+
+
+def test_tx_commit_without_select_refused(connection):
+    channel = connection.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        channel.tx_commit()
+    assert_channel_closed(excinfo, 406, "PRECONDITION_FAILED")
+    assert connection.is_open
+
+
+def test_double_ack_refused(connection, names):
+    channel = connection.channel()
+    queue = names.queue()
+    channel.queue_declare(queue)
+    channel.basic_publish("", queue, b"once")
+    method, _p, _b = channel.basic_get(queue)
+    channel.basic_ack(method.delivery_tag)
+    channel.basic_ack(method.delivery_tag)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        channel.queue_declare(queue, passive=True)
+    assert_channel_closed(excinfo, 406, f"PRECONDITION_FAILED - unknown delivery tag {method.delivery_tag}")
+
+
+def test_invalid_queue_argument_refused(connection, names):
+    channel = connection.channel()
+    queue = names.queue()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        channel.queue_declare(queue, arguments={"x-max-length": "ten"})
+    assert_channel_closed(excinfo, 406, f"PRECONDITION_FAILED - invalid arg 'x-max-length' for queue '{queue}'")
+    assert connection.is_open

@@ -316,6 +316,9 @@ fn decode_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, FieldErr
         b'I' => FieldValue::I32(r.u32()? as i32),
         b'i' => FieldValue::U32(r.u32()?),
         b'l' => FieldValue::I64(r.u64()? as i64),
+        // Not in RabbitMQ's table of letters, yet RabbitMQ accepts it: py-amqp (kombu, Celery)
+        // writes every integer beyond 32 bits as `L`, two's complement. It reads back as a long.
+        b'L' => FieldValue::I64(r.u64()? as i64),
         b'f' => FieldValue::F32(f32::from_bits(r.u32()?)),
         b'd' => FieldValue::F64(f64::from_bits(r.u64()?)),
         b'D' => FieldValue::Decimal {
