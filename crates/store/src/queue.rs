@@ -140,6 +140,11 @@ pub struct Queue {
     paged: usize,
     /// The sum of their body lengths.
     paged_bytes: u64,
+    /// `page_out` has looked at every entry of `fresh` below this offset (past the window it was
+    /// given): the next call starts here, so paging a long queue repeatedly does not rescan it.
+    page_scan_from: u64,
+    /// The window (`keep_resident`) of that scan.
+    page_scan_keep: usize,
     /// Where bodies without a durable record go under memory pressure; `None` without a store.
     spill: Option<Arc<Log>>,
 }
@@ -415,16 +420,30 @@ impl Queue {
     /// dropped; any other goes to the store's spill log (written, never synced, wiped at start),
     /// if the queue came from a [`crate::Store`]. They are read back when they reach the front.
     /// Returns the bytes of memory released. The broker calls it on its longest queues when over
-    /// its memory budget. O(length of the queue).
+    /// its memory budget. Each call looks only at entries it has not looked at before (and at
+    /// logged ones that were not synced yet), unless `keep_resident` shrank.
     pub fn page_out(&mut self, keep_resident: usize) -> usize {
         let synced = self.journal.as_ref().map_or(0, Journal::synced);
         let mut released = 0;
         let mut spilled = Vec::new();
-        for (index, ready) in self.fresh.iter_mut().enumerate().skip(keep_resident) {
+        if keep_resident < self.page_scan_keep {
+            // A smaller window: entries between the two were never looked at.
+            self.page_scan_from = 0;
+        }
+        self.page_scan_keep = keep_resident;
+        let scan_from = self.page_scan_from;
+        // `fresh` is sorted by offset.
+        let start = keep_resident.max(self.fresh.partition_point(|ready| ready.offset < scan_from));
+        // The first entry to look at again next time (logged but not synced yet).
+        let mut again: Option<u64> = None;
+        let mut next_from = scan_from;
+        for (index, ready) in self.fresh.iter_mut().enumerate().skip(start) {
+            next_from = ready.offset + 1;
             let Some(message) = &ready.message else {
                 continue;
             };
             if Arc::strong_count(message) != 1 {
+                // Another queue holds it too: paging it here would release nothing.
                 continue;
             }
             if ready.lsn != 0 && ready.lsn <= synced {
@@ -432,9 +451,9 @@ impl Queue {
                 ready.message = None;
                 self.paged += 1;
                 self.paged_bytes += ready.body_len;
-            } else if ready.lsn == 0
-                && let Some(spill) = &self.spill
-            {
+            } else if ready.lsn != 0 {
+                again.get_or_insert(ready.offset);
+            } else if let Some(spill) = &self.spill {
                 let published = spill.publish(0, ready.offset, message, ready.redelivered);
                 ready.body_lsn = published.lsn;
                 ready.record_len = published.body_len;
@@ -442,6 +461,7 @@ impl Queue {
                 spilled.push(index);
             }
         }
+        self.page_scan_from = again.unwrap_or(next_from);
         let Some(spill) = &self.spill else {
             return released;
         };
@@ -468,6 +488,7 @@ impl Queue {
                         spill.forget(ready.body_lsn);
                         ready.body_lsn = 0;
                         ready.spilled = false;
+                        self.page_scan_from = self.page_scan_from.min(ready.offset);
                     }
                 }
             }

@@ -590,6 +590,18 @@ fn paged_out_bodies_are_read_back_in_order() {
     // Prefetch the first paged ones.
     assert_eq!(queue.page_in(12), 2);
     assert_eq!(queue.paged_count(), 38);
+    // Paging again only looks at what is new: the unsynced one once it is synced.
+    assert_eq!(queue.page_out(10), 0);
+    store.sync().unwrap();
+    assert!(queue.page_out(10) > 0);
+    assert_eq!(queue.paged_count(), 39);
+    // A smaller window looks again at what the larger one kept.
+    assert!(queue.page_out(5) > 0);
+    assert_eq!(
+        queue.paged_count(),
+        46,
+        "39 + entries 5..12 (10 and 11 were read back)"
+    );
 
     let popped = drain(&mut queue);
     let mut expected: Vec<&str> = bodies_in.iter().map(String::as_str).collect();
