@@ -262,3 +262,31 @@ async fn memory_alarm_blocks_publishers_until_consumers_free_memory() {
     let declared = within(5, stalled).await.unwrap();
     assert_eq!(declared.message_count(), 0);
 }
+
+#[tokio::test]
+async fn unacked_delivery_past_consumer_timeout_closes_the_channel_and_requeues() {
+    let mut config = Config::for_tests();
+    config.limits.consumer_timeout = Some(Duration::from_millis(200));
+    let broker = TestBroker::start_with(config).await;
+    let mut raw = RawClient::handshake(broker.addr(), 2047, 131072, 0).await;
+    raw.open_channel(1).await;
+    raw.declare_queue(1, "slow").await;
+    raw.publish(1, "", "slow", &[0, 0], b"job").await;
+    let _tag = raw.get(1, "slow").await;
+    // Never acked: the channel is closed as RabbitMQ does.
+    assert_eq!(
+        raw.expect_channel_close(1).await,
+        (
+            406,
+            "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. Timeout value used: 200 ms. This timeout value can be configured, see consumers doc guide to learn more".into()
+        )
+    );
+    // The message is back in its queue, flagged redelivered.
+    let (_conn, channel) = broker.channel().await;
+    let again = channel
+        .basic_get("slow".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.delivery.redelivered);
+}

@@ -145,6 +145,8 @@ struct Unacked {
     offset: u64,
     /// The consumer it went to (None for `basic.get`), whose credit the ack gives back.
     consumer: Option<Arc<Consumer>>,
+    /// When it was delivered, for the consumer acknowledgement timeout.
+    at: tokio::time::Instant,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -778,6 +780,7 @@ impl Channel {
                         queue,
                         offset: delivery.offset,
                         consumer: None,
+                        at: tokio::time::Instant::now(),
                     });
                 }
             }
@@ -813,6 +816,7 @@ impl Channel {
                 queue,
                 offset: delivery.offset,
                 consumer: Some(Arc::clone(consumer)),
+                at: tokio::time::Instant::now(),
             });
         }
     }
@@ -1198,6 +1202,11 @@ impl Channel {
                 },
             );
         }
+    }
+
+    /// When the oldest unacked delivery was sent (None when nothing is unacked).
+    pub fn oldest_unacked(&self) -> Option<tokio::time::Instant> {
+        self.unacked.iter().map(|u| u.at).min()
     }
 
     /// Whether confirms wait for the store's sync.

@@ -51,6 +51,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Connections accepted at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// A channel holding a delivery unacknowledged for longer is closed with 406
+    /// (RabbitMQ's `consumer_timeout`, 30 minutes); `None` disables it.
+    pub consumer_timeout: Option<Duration>,
 }
 
 /// The identity the server announces in `connection.start`.
@@ -90,6 +93,7 @@ impl Default for Limits {
             memory_high_watermark: 2 * 1024 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 65_536,
+            consumer_timeout: Some(Duration::from_secs(30 * 60)),
         }
     }
 }
@@ -174,6 +178,7 @@ struct FileLimits {
     memory_high_watermark: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    consumer_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,6 +297,9 @@ fn apply_file(mut cfg: Config, file: FileConfig) -> Result<Config, ConfigError> 
         }
         if let Some(v) = limits.max_connections {
             l.max_connections = v;
+        }
+        if let Some(v) = limits.consumer_timeout_ms {
+            l.consumer_timeout = (v > 0).then(|| Duration::from_millis(v));
         }
     }
     if let Some(users) = file.users {

@@ -252,8 +252,12 @@ impl Connection {
             let heartbeat_on = self.heartbeat != 0 && self.phase == Phase::Open;
             let next_heartbeat_send = last_write + heartbeat / 2;
             let peer_deadline = last_read + heartbeat * 2;
+            let ack_deadline = self.ack_deadline();
             let timer = {
                 let mut t = self.deadline;
+                if let Some(a) = ack_deadline {
+                    t = Some(t.map_or(a, |d| d.min(a)));
+                }
                 if heartbeat_on {
                     t = Some(t.map_or(next_heartbeat_send, |d| d.min(next_heartbeat_send)));
                     if !blocked {
@@ -331,6 +335,9 @@ impl Connection {
                         frame::encode_heartbeat(&mut self.out.buf);
                         // Stamp now, so a heartbeat stuck behind a full socket is not repeated.
                         last_write = now;
+                    }
+                    if ack_deadline.is_some_and(|a| now >= a) {
+                        self.enforce_ack_timeout(now);
                     }
                 }
             }
@@ -624,6 +631,48 @@ impl Connection {
             *slot = None;
         }
         self.confirm_dirty.retain(|&c| c != channel);
+    }
+
+    /// When the oldest unacked delivery of any channel times out (`consumer_timeout`).
+    fn ack_deadline(&self) -> Option<Instant> {
+        let timeout = self.broker.config.limits.consumer_timeout?;
+        if self.phase != Phase::Open {
+            return None;
+        }
+        self.channels
+            .iter()
+            .flatten()
+            .filter(|ch| !ch.closing)
+            .filter_map(|ch| ch.oldest_unacked())
+            .min()
+            .map(|at| at + timeout)
+    }
+
+    /// Closes, with RabbitMQ's 406, every channel holding a delivery unacked for longer than
+    /// `consumer_timeout`; its unacked messages go back to their queues.
+    fn enforce_ack_timeout(&mut self, now: Instant) {
+        let Some(timeout) = self.broker.config.limits.consumer_timeout else {
+            return;
+        };
+        let late: Vec<u16> = self
+            .channels
+            .iter()
+            .enumerate()
+            .filter_map(|(n, ch)| {
+                let ch = ch.as_ref()?;
+                let late = !ch.closing && ch.oldest_unacked().is_some_and(|at| at + timeout <= now);
+                late.then(|| u16::try_from(n).ok()).flatten()
+            })
+            .collect();
+        for n in late {
+            let e = crate::error::ChannelError::precondition_failed(format!(
+                "delivery acknowledgement on channel {n} timed out. Timeout value used: {} ms. This timeout value can be configured, see consumers doc guide to learn more",
+                timeout.as_millis()
+            ));
+            if let Err(e) = self.channel_failed_amqp(n, e.into()) {
+                self.send_connection_close(e);
+            }
+        }
     }
 
     /// Takes the outbox's items into the write buffer, unless the socket is backed up.
