@@ -783,43 +783,22 @@ async fn exclusive_consumer_refuses_others_with_403() {
 }
 
 #[tokio::test]
-async fn channel_flow_pauses_deliveries() {
+async fn channel_flow_active_false_is_540_as_in_rabbitmq() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "c".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert!(
-        !channel
-            .channel_flow(ChannelFlowOptions { active: false })
-            .await
-            .unwrap()
-    );
-    publish(&channel, &queue, b"held").await;
-    assert!(
-        tokio::time::timeout(std::time::Duration::from_millis(200), consumer.next())
-            .await
-            .is_err()
-    );
     assert!(
         channel
             .channel_flow(ChannelFlowOptions { active: true })
             .await
             .unwrap()
     );
+    let err = channel
+        .channel_flow(ChannelFlowOptions { active: false })
+        .await
+        .unwrap_err();
     assert_eq!(
-        within(5, consumer.next()).await.unwrap().unwrap().data,
-        b"held"
+        amqp_error(&err),
+        Some((540, "NOT_IMPLEMENTED - active=false".into()))
     );
 }
 

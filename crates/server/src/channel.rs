@@ -488,6 +488,10 @@ impl Channel {
                 ctx.out.method(n, m::TxRollbackOk {});
             }
             Method::ChannelFlow(flow) => {
+                // RabbitMQ 3.x does not let clients pause deliveries this way (use basic.qos).
+                if !flow.active {
+                    return Err(ConnectionError::not_implemented("active=false").into());
+                }
                 self.shared.flow.store(flow.active, Ordering::Release);
                 if flow.active {
                     self.kick_queues();

@@ -497,8 +497,10 @@ impl Log {
             file.read_exact_at(&mut data, 0)
                 .map_err(StoreError::io(&name))?;
             // What recovery hands out must survive a power loss from now on, even if the previous
-            // run died before syncing it (the page cache still held it).
-            file.sync_data().map_err(StoreError::io(&name))?;
+            // run died before syncing it (the page cache still held it). A clean close synced it.
+            if !clean {
+                file.sync_data().map_err(StoreError::io(&name))?;
+            }
             let mut state = SegmentState {
                 live: 0,
                 targets: BTreeSet::new(),
