@@ -1056,3 +1056,4 @@ def test_quorum_queue_declare(connection, names):
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
         channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "classic"})
     assert_channel_closed(excinfo, 406, "PRECONDITION_FAILED - inequivalent arg 'x-queue-type'")
+
