@@ -137,6 +137,8 @@ pub struct Connection {
     sync: Option<watch::Receiver<crate::broker::SyncState>>,
     /// The sync progress moved since confirms were last flushed.
     sync_changed: bool,
+    /// Held until `connection.open`: counts this connection as unauthenticated.
+    handshake_slot: Option<crate::broker::HandshakeSlot>,
 }
 
 /// Runs one connection to completion. Never panics on client input; logs one line when opened
@@ -179,7 +181,13 @@ pub async fn serve(
             sync,
             sync_changed: false,
             deadline: Some(Instant::now() + handshake_timeout),
+            handshake_slot: None,
         };
+        let Some(slot) = conn.broker.begin_handshake(peer.ip()) else {
+            info!("too many unauthenticated connections from this address: closed");
+            return;
+        };
+        conn.handshake_slot = Some(slot);
         info!("connection accepted");
         let result = conn.run(stream, shutdown).await;
         conn.cleanup();
@@ -1066,6 +1074,7 @@ impl Connection {
         self.vhost = Some(vhost);
         self.out.method(0, m::ConnectionOpenOk {});
         self.phase = Phase::Open;
+        self.handshake_slot = None;
         self.deadline = None;
         info!(user = %self.user, vhost = %name, "connection opened");
         Ok(())
