@@ -201,6 +201,8 @@ pub struct QueueEntity {
     pub expiring: AtomicBool,
     /// `x-expires` in milliseconds: the queue is deleted after being unused that long.
     pub expires: Option<u64>,
+    /// `x-single-active-consumer`: one consumer receives at a time.
+    single_active: bool,
     /// When the queue was last used (declared, consumed from, read with basic.get), in ms.
     last_used: std::sync::atomic::AtomicU64,
     /// Set once the queue is deleted; late publishes and requeues are dropped.
@@ -336,6 +338,10 @@ impl QueueEntity {
             // Recovered messages may carry deadlines (the store keeps them in its log).
             expiring: AtomicBool::new(recovered_any),
             expires: integer_argument(&arguments, b"x-expires"),
+            single_active: matches!(
+                arguments.get(b"x-single-active-consumer"),
+                Some(warren_codec::FieldValue::Bool(true))
+            ),
             last_used: std::sync::atomic::AtomicU64::new(now_ms()),
             name,
             vhost,
@@ -527,7 +533,14 @@ impl QueueEntity {
             return;
         }
         while inner.messages.ready_count() > 0 {
-            let Some(idx) = choose_consumer(&inner.consumers, inner.next_consumer) else {
+            // x-single-active-consumer: only the first consumer (by priority, then by arrival)
+            // receives; the next one takes over when it goes.
+            let candidates = if self.single_active {
+                inner.consumers.get(..1).unwrap_or_default()
+            } else {
+                &inner.consumers[..]
+            };
+            let Some(idx) = choose_consumer(candidates, inner.next_consumer) else {
                 break;
             };
             // A message that expired while waiting for credit must not be delivered.
