@@ -69,7 +69,7 @@ async fn queue_ttl_expires_messages_nobody_consumed() {
     declare(
         &channel,
         "ttl",
-        &[("x-message-ttl", AMQPValue::LongInt(50))],
+        &[("x-message-ttl", AMQPValue::LongInt(500))],
     )
     .await;
     channel
