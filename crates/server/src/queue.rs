@@ -42,8 +42,6 @@ pub enum Outbound {
         /// The consumer that lost its queue.
         consumer: Arc<Consumer>,
     },
-    /// The broker shuts down or the connection was forced closed.
-    ForceClose,
 }
 
 /// A connection's inbox of [`Outbound`] items, filled by other tasks and drained in batches by
