@@ -37,6 +37,28 @@ pub struct Broker {
     next_connection_id: AtomicU64,
     /// The durable store and its sync thread; `None` with `--ephemeral`.
     durable: Option<Durable>,
+    /// Connections still in the handshake, per peer address (slowloris guard).
+    handshaking: parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A connection counted as unauthenticated until this is dropped (when it opens or closes).
+pub struct HandshakeSlot {
+    broker: std::sync::Weak<Broker>,
+    peer: std::net::IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let Some(broker) = self.broker.upgrade() {
+            let mut counts = broker.handshaking.lock();
+            if let Some(n) = counts.get_mut(&self.peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&self.peer);
+                }
+            }
+        }
+    }
 }
 
 /// What the sync thread reports: everything up to `synced` is on disk; confirms waiting on
@@ -104,6 +126,7 @@ impl Broker {
             memory,
             next_connection_id: AtomicU64::new(1),
             durable,
+            handshaking: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -115,6 +138,22 @@ impl Broker {
     /// Every vhost.
     pub fn vhosts(&self) -> impl Iterator<Item = &Arc<VHost>> {
         self.vhosts.values()
+    }
+
+    /// Counts a new connection from `peer` as unauthenticated; `None` when that peer already
+    /// has `max_unauthenticated_per_ip` connections in the handshake (REFERENCE row 2).
+    pub fn begin_handshake(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let limit = self.config.limits.max_unauthenticated_per_ip;
+        let mut counts = self.handshaking.lock();
+        let n = counts.entry(peer).or_insert(0);
+        if limit != 0 && *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot {
+            broker: Arc::downgrade(self),
+            peer,
+        })
     }
 
     /// A fresh connection id.
