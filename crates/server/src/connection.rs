@@ -751,12 +751,6 @@ impl Connection {
                         }
                     }
                 }
-                Outbound::ForceClose => {
-                    self.force_close(
-                        ReplyCode::ConnectionForced,
-                        "CONNECTION_FORCED - closed by the broker",
-                    );
-                }
             }
         }
         for queue in kick {
