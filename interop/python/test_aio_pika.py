@@ -320,3 +320,29 @@ async def test_error_403_amq_prefix(names):
         assert not connection.is_closed
         channel = await connection.channel()
         await channel.declare_queue(names.queue("fine"))
+
+
+@run_async
+async def test_reconnect_redeclare(names):
+    # connect_robust reconnects by itself and restores its channels, queues and consumers. The
+    # broker closes the connection here with a connection error (503, an unknown exchange type).
+    connection = await aio_pika.connect_robust(BROKER.url(), timeout=10, reconnect_interval=0.2)
+    async with connection:
+        reconnected = asyncio.Event()
+        connection.reconnect_callbacks.add(lambda *args: reconnected.set())
+        channel = await connection.channel()
+        queue = await channel.declare_queue(names.queue(), auto_delete=False)
+        got: asyncio.Queue = asyncio.Queue()
+
+        async def on_message(message):
+            await got.put(message.body)
+
+        await queue.consume(on_message, no_ack=True)
+        doomed = await connection.channel()
+        with pytest.raises(aiormq.exceptions.AMQPError):
+            await doomed.declare_exchange(names.exchange(), "no-such-type")
+        await asyncio.wait_for(reconnected.wait(), 10)
+        async with await connect() as other:
+            other_channel = await other.channel()
+            await other_channel.default_exchange.publish(Message(b"after-reconnect"), queue.name)
+        assert await asyncio.wait_for(got.get(), 5) == b"after-reconnect"

@@ -987,3 +987,73 @@ def test_invalid_queue_argument_refused(connection, names):
         channel.queue_declare(queue, arguments={"x-max-length": "ten"})
     assert_channel_closed(excinfo, 406, f"PRECONDITION_FAILED - invalid arg 'x-max-length' for queue '{queue}'")
     assert connection.is_open
+
+
+# -- more queue and exchange features applications declare ----------------------------------
+
+
+def test_priority_queue_orders_by_priority(connection, names):
+    channel = connection.channel()
+    channel.confirm_delivery()
+    queue = names.queue()
+    channel.queue_declare(queue, arguments={"x-max-priority": 10})
+    for body, priority in ((b"low", 1), (b"none", None), (b"high", 9), (b"mid", 5), (b"high-2", 9)):
+        channel.basic_publish("", queue, body, BasicProperties(priority=priority))
+    # Highest priority first, FIFO within a priority; no priority counts as 0.
+    assert drain(channel, queue) == [b"high", b"high-2", b"mid", b"low", b"none"]
+
+
+def test_single_active_consumer(connection, names):
+    channel = connection.channel()
+    queue = names.queue()
+    channel.queue_declare(queue, arguments={"x-single-active-consumer": True})
+    got = {"first": [], "second": []}
+    first = channel.basic_consume(queue, lambda ch, m, p, b: got["first"].append(b), auto_ack=True)
+    channel.basic_consume(queue, lambda ch, m, p, b: got["second"].append(b), auto_ack=True)
+    for i in range(4):
+        channel.basic_publish("", queue, str(i).encode())
+    deadline = time.monotonic() + 5
+    while len(got["first"]) < 4 and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.05)
+    assert got == {"first": [b"0", b"1", b"2", b"3"], "second": []}
+    # When the active consumer goes, the next one takes over.
+    channel.basic_cancel(first)
+    channel.basic_publish("", queue, b"4")
+    deadline = time.monotonic() + 5
+    while not got["second"] and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.05)
+    assert got["second"] == [b"4"]
+
+
+def test_alternate_exchange_routes_unroutable(connection, names):
+    channel = connection.channel()
+    channel.confirm_delivery()
+    alternate, main = names.exchange("ae"), names.exchange("main")
+    channel.exchange_declare(alternate, "fanout")
+    channel.exchange_declare(main, "direct", arguments={"alternate-exchange": alternate})
+    routed, unrouted = names.queue("routed"), names.queue("unrouted")
+    channel.queue_declare(routed)
+    channel.queue_declare(unrouted)
+    channel.queue_bind(routed, main, routing_key="known")
+    channel.queue_bind(unrouted, alternate)
+    channel.basic_publish(main, "known", b"to-routed")
+    # Mandatory is satisfied by the alternate exchange: no basic.return, so no UnroutableError.
+    channel.basic_publish(main, "unknown", b"to-alternate", mandatory=True)
+    assert drain(channel, routed) == [b"to-routed"]
+    assert drain(channel, unrouted) == [b"to-alternate"]
+
+
+def test_quorum_queue_declare(connection, names):
+    channel = connection.channel()
+    channel.confirm_delivery()
+    queue = names.queue()
+    ok = channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    assert ok.method.queue == queue
+    channel.basic_publish("", queue, b"q", BasicProperties(delivery_mode=2))
+    method, _p, body = channel.basic_get(queue)
+    assert body == b"q"
+    channel.basic_ack(method.delivery_tag)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "classic"})
+    assert_channel_closed(excinfo, 406, "PRECONDITION_FAILED - inequivalent arg 'x-queue-type'")
+

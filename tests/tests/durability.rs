@@ -20,7 +20,8 @@ fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
 }
 
-#[tokio::test]
+// Multi-threaded, as the binary runs: durable declares go through block_in_place there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_topology_and_persistent_messages_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {

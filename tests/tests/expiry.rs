@@ -69,7 +69,7 @@ async fn queue_ttl_expires_messages_nobody_consumed() {
     declare(
         &channel,
         "ttl",
-        &[("x-message-ttl", AMQPValue::LongInt(50))],
+        &[("x-message-ttl", AMQPValue::LongInt(500))],
     )
     .await;
     channel
@@ -83,7 +83,7 @@ async fn queue_ttl_expires_messages_nobody_consumed() {
         .await
         .unwrap();
     assert_eq!(count(&channel, "ttl").await, 1);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(count(&channel, "ttl").await, 0);
     assert!(
         channel
@@ -296,7 +296,8 @@ async fn unused_queue_expires_with_x_expires() {
         .queue_declare("idle".into(), QueueDeclareOptions::default(), args)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Looking at the queue counts as using it, so wait well past x-expires before looking.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let err = channel
         .queue_declare(
             "idle".into(),

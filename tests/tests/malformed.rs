@@ -374,3 +374,35 @@ async fn row1_amqp_0_9_header_is_served_as_0_9_1() {
     raw.send(b"AMQP\x01\x01\x00\x09").await;
     raw.expect_method(10, 10).await;
 }
+
+#[tokio::test]
+async fn row2_unauthenticated_connections_per_address_are_capped() {
+    let mut config = warren_tests::Config::for_tests();
+    config.limits.max_unauthenticated_per_ip = 2;
+    let broker = TestBroker::start_with(config).await;
+    // Two clients stall in the handshake.
+    let mut first = RawClient::connect(broker.addr()).await;
+    first.send(b"AMQP\x00\x00\x09\x01").await;
+    first.expect_method(10, 10).await;
+    let mut second = RawClient::connect(broker.addr()).await;
+    second.send(b"AMQP\x00\x00\x09\x01").await;
+    second.expect_method(10, 10).await;
+    // A third from the same address is closed without a word.
+    let mut third = RawClient::connect(broker.addr()).await;
+    assert!(third.closed_by_peer().await);
+    // Once one of them finishes the handshake, a new client is served again.
+    first.send_start_ok(b"\0guest\0guest", true).await;
+    first.expect_method(10, 30).await;
+    first.send_tune_ok(2047, 131072, 0).await;
+    first
+        .send(&frame(
+            1,
+            0,
+            &method(10, 40, &[shortstr("/"), shortstr(""), vec![0]].concat()),
+        ))
+        .await;
+    first.expect_method(10, 41).await;
+    let mut fourth = RawClient::connect(broker.addr()).await;
+    fourth.send(b"AMQP\x00\x00\x09\x01").await;
+    fourth.expect_method(10, 10).await;
+}

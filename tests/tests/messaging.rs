@@ -1101,3 +1101,47 @@ async fn priority_queue_delivers_higher_priorities_first() {
     }
     assert_eq!(order, ["nine", "nine again", "five", "one", "none"]);
 }
+
+#[tokio::test]
+async fn single_active_consumer_gets_everything_until_it_goes() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    declare_with(
+        &channel,
+        "sac",
+        &[(
+            "x-single-active-consumer",
+            lapin::types::AMQPValue::Boolean(true),
+        )],
+    )
+    .await;
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut first = channel
+        .basic_consume("sac".into(), "first".into(), options, FieldTable::default())
+        .await
+        .unwrap();
+    let mut second = channel
+        .basic_consume(
+            "sac".into(),
+            "second".into(),
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for i in 0..4u8 {
+        publish(&channel, "sac", &[i]).await;
+    }
+    for i in 0..4u8 {
+        assert_eq!(within(5, first.next()).await.unwrap().unwrap().data, [i]);
+    }
+    channel
+        .basic_cancel("first".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    publish(&channel, "sac", &[9]).await;
+    assert_eq!(within(5, second.next()).await.unwrap().unwrap().data, [9]);
+}

@@ -37,6 +37,28 @@ pub struct Broker {
     next_connection_id: AtomicU64,
     /// The durable store and its sync thread; `None` with `--ephemeral`.
     durable: Option<Durable>,
+    /// Connections still in the handshake, per peer address (slowloris guard).
+    handshaking: parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A connection counted as unauthenticated until this is dropped (when it opens or closes).
+pub struct HandshakeSlot {
+    broker: std::sync::Weak<Broker>,
+    peer: std::net::IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let Some(broker) = self.broker.upgrade() {
+            let mut counts = broker.handshaking.lock();
+            if let Some(n) = counts.get_mut(&self.peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&self.peer);
+                }
+            }
+        }
+    }
 }
 
 /// What the sync thread reports: everything up to `synced` is on disk; confirms waiting on
@@ -104,6 +126,7 @@ impl Broker {
             memory,
             next_connection_id: AtomicU64::new(1),
             durable,
+            handshaking: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -115,6 +138,22 @@ impl Broker {
     /// Every vhost.
     pub fn vhosts(&self) -> impl Iterator<Item = &Arc<VHost>> {
         self.vhosts.values()
+    }
+
+    /// Counts a new connection from `peer` as unauthenticated; `None` when that peer already
+    /// has `max_unauthenticated_per_ip` connections in the handshake (REFERENCE row 2).
+    pub fn begin_handshake(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let limit = self.config.limits.max_unauthenticated_per_ip;
+        let mut counts = self.handshaking.lock();
+        let n = counts.entry(peer).or_insert(0);
+        if limit != 0 && *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot {
+            broker: Arc::downgrade(self),
+            peer,
+        })
     }
 
     /// A fresh connection id.
@@ -254,6 +293,16 @@ fn recover(vhosts: &HashMap<String, Arc<VHost>>, recovery: Recovery) {
     }
 }
 
+/// Runs a store call that fsyncs. On the multi-threaded runtime the worker hands its other
+/// tasks to another thread first (`block_in_place`), so one connection's durable declare
+/// does not stall the others; elsewhere (single-threaded tests) it just runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn long(bytes: &[u8]) -> FieldValue {
     FieldValue::LongString(Bytes::copy_from_slice(bytes))
 }
@@ -371,13 +420,13 @@ impl VHost {
         let Some(store) = &self.store else { return };
         for exchange in &removed.exchanges {
             if exchange.durable
-                && let Err(e) = store.delete_exchange(&self.store_name, &exchange.name)
+                && let Err(e) = blocking(|| store.delete_exchange(&self.store_name, &exchange.name))
             {
                 tracing::error!(error = %e, "forgetting a durable exchange");
             }
         }
         for binding in &removed.bindings {
-            if let Err(e) = store.delete_binding(&self.binding_def(binding)) {
+            if let Err(e) = blocking(|| store.delete_binding(&self.binding_def(binding))) {
                 tracing::error!(error = %e, "forgetting a durable binding");
             }
         }
@@ -420,9 +469,8 @@ impl VHost {
     fn bind(&self, binding: &Binding) -> Result<(), AmqpError> {
         let added = self.topology.bind(binding).map_err(router_error)?;
         if added && let Some(store) = self.durable_store(self.binding_is_durable(binding)) {
-            store
-                .put_binding(&self.binding_def(binding))
-                .map_err(store_error)?;
+            let def = self.binding_def(binding);
+            blocking(|| store.put_binding(&def)).map_err(store_error)?;
         }
         Ok(())
     }
@@ -435,7 +483,8 @@ impl VHost {
         } else if let Some(store) = &self.store {
             // The binding was not durable, but an auto-delete exchange it emptied may be.
             for exchange in removed.exchanges.iter().filter(|e| e.durable) {
-                if let Err(e) = store.delete_exchange(&self.store_name, &exchange.name) {
+                if let Err(e) = blocking(|| store.delete_exchange(&self.store_name, &exchange.name))
+                {
                     tracing::error!(error = %e, "forgetting a durable exchange");
                 }
             }
@@ -508,18 +557,16 @@ impl VHost {
         if declared == warren_router::Declared::Created
             && let Some(store) = self.durable_store(declare.durable)
         {
-            // Synced before declare-ok, as RabbitMQ does. The fsync blocks this connection's
-            // task for a moment; declarations are rare next to publishes.
-            store
-                .put_exchange(&warren_store::ExchangeDef {
-                    vhost: self.store_name.clone(),
-                    name: declare.exchange.clone(),
-                    kind: declare.kind.clone(),
-                    auto_delete: declare.auto_delete,
-                    internal: declare.internal,
-                    arguments: encode_table(&declare.arguments),
-                })
-                .map_err(store_error)?;
+            // Synced before declare-ok, as RabbitMQ does.
+            let def = warren_store::ExchangeDef {
+                vhost: self.store_name.clone(),
+                name: declare.exchange.clone(),
+                kind: declare.kind.clone(),
+                auto_delete: declare.auto_delete,
+                internal: declare.internal,
+                arguments: encode_table(&declare.arguments),
+            };
+            blocking(|| store.put_exchange(&def)).map_err(store_error)?;
         }
         Ok(())
     }
@@ -614,14 +661,15 @@ impl VHost {
             .unwrap_or_default();
         // Exclusive queues die with their connection, so they are never written to disk.
         let messages = match self.durable_store(declare.durable && !declare.exclusive) {
-            Some(store) => store
-                .declare_queue(&warren_store::QueueDef {
+            Some(store) => {
+                let def = warren_store::QueueDef {
                     vhost: self.store_name.clone(),
                     name: name.clone(),
                     auto_delete: declare.auto_delete,
                     arguments: encode_table(&declare.arguments),
-                })
-                .map_err(store_error)?,
+                };
+                blocking(|| store.declare_queue(&def)).map_err(store_error)?
+            }
             None => warren_store::Queue::new(),
         };
         let queue = Arc::new(QueueEntity::new(
@@ -713,7 +761,9 @@ impl VHost {
             {
                 let n_ready = queue.counts().0;
                 let messages = queue.take_messages();
-                if let Err(e) = store.delete_queue(&self.store_name, &queue.name, messages) {
+                if let Err(e) =
+                    blocking(|| store.delete_queue(&self.store_name, &queue.name, messages))
+                {
                     tracing::error!(error = %e, "forgetting a durable queue");
                 }
                 queue.delete();

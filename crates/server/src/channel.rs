@@ -1049,11 +1049,17 @@ impl Channel {
                 Published::Queued(at) => lsn = lsn.max(at),
                 Published::Rejected => rejected = true,
             };
-            if let Some(queue) = direct {
-                record(queue.publish(Arc::clone(&message)));
-            }
-            for queue in self.route_buf.drain() {
-                record(queue.publish(Arc::clone(&message)));
+            if direct.is_none() && self.route_buf.len() == 1 {
+                // One queue: hand over the only reference, so the queue may compact it.
+                if let Some(queue) = self.route_buf.drain().next() {
+                    record(queue.publish(message));
+                }
+            } else if let Some(queue) = direct {
+                record(queue.publish(message));
+            } else {
+                for queue in self.route_buf.drain() {
+                    record(queue.publish(Arc::clone(&message)));
+                }
             }
         }
         if let Mode::Confirm {

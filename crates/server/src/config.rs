@@ -51,6 +51,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Connections accepted at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Connections from one address still in the handshake at once; more are closed at
+    /// once (a slowloris guard; RabbitMQ has none, 0 disables it).
+    pub max_unauthenticated_per_ip: usize,
     /// A channel holding a delivery unacknowledged for longer is closed with 406
     /// (RabbitMQ's `consumer_timeout`, 30 minutes); `None` disables it.
     pub consumer_timeout: Option<Duration>,
@@ -94,6 +97,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 65_536,
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
+            max_unauthenticated_per_ip: 4096,
         }
     }
 }
@@ -179,6 +183,7 @@ struct FileLimits {
     handshake_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     consumer_timeout_ms: Option<u64>,
+    max_unauthenticated_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,6 +302,9 @@ fn apply_file(mut cfg: Config, file: FileConfig) -> Result<Config, ConfigError> 
         }
         if let Some(v) = limits.max_connections {
             l.max_connections = v;
+        }
+        if let Some(v) = limits.max_unauthenticated_per_ip {
+            l.max_unauthenticated_per_ip = v;
         }
         if let Some(v) = limits.consumer_timeout_ms {
             l.consumer_timeout = (v > 0).then(|| Duration::from_millis(v));

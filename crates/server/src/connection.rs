@@ -137,6 +137,8 @@ pub struct Connection {
     sync: Option<watch::Receiver<crate::broker::SyncState>>,
     /// The sync progress moved since confirms were last flushed.
     sync_changed: bool,
+    /// Held until `connection.open`: counts this connection as unauthenticated.
+    handshake_slot: Option<crate::broker::HandshakeSlot>,
 }
 
 /// Runs one connection to completion. Never panics on client input; logs one line when opened
@@ -179,7 +181,13 @@ pub async fn serve(
             sync,
             sync_changed: false,
             deadline: Some(Instant::now() + handshake_timeout),
+            handshake_slot: None,
         };
+        let Some(slot) = conn.broker.begin_handshake(peer.ip()) else {
+            info!("too many unauthenticated connections from this address: closed");
+            return;
+        };
+        conn.handshake_slot = Some(slot);
         info!("connection accepted");
         let result = conn.run(stream, shutdown).await;
         conn.cleanup();
@@ -743,12 +751,6 @@ impl Connection {
                         }
                     }
                 }
-                Outbound::ForceClose => {
-                    self.force_close(
-                        ReplyCode::ConnectionForced,
-                        "CONNECTION_FORCED - closed by the broker",
-                    );
-                }
             }
         }
         for queue in kick {
@@ -998,7 +1000,7 @@ impl Connection {
                 String::from_utf8_lossy(mechanism)
             ));
         }
-        if config.loopback_users.contains(&username) && !self.peer.ip().is_loopback() {
+        if !login_allowed_from(&config.loopback_users, &username, self.peer.ip()) {
             return self.refuse_login(format!("user '{username}' can only connect via localhost"));
         }
         self.user = username;
@@ -1066,10 +1068,18 @@ impl Connection {
         self.vhost = Some(vhost);
         self.out.method(0, m::ConnectionOpenOk {});
         self.phase = Phase::Open;
+        self.handshake_slot = None;
         self.deadline = None;
         info!(user = %self.user, vhost = %name, "connection opened");
         Ok(())
     }
+}
+
+/// RabbitMQ's `loopback_users` rule: those users may only log in from a loopback address.
+/// The real peer address is checked (an IPv4 client of a dual-stack listener shows up as
+/// `::ffff:127.0.0.1`, which counts as loopback).
+fn login_allowed_from(loopback_users: &[String], username: &str, peer: std::net::IpAddr) -> bool {
+    !loopback_users.iter().any(|u| u == username) || peer.to_canonical().is_loopback()
 }
 
 /// RabbitMQ's `validate_negotiated_integer_value`: the client may lower a limit, not raise it,
@@ -1115,4 +1125,34 @@ pub fn short(text: &str) -> ShortString {
         end -= 1;
     }
     ShortString::try_from(text.get(..end).unwrap_or_default()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_users_only_from_loopback() {
+        let users = vec!["guest".to_owned()];
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let remote: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        let remote6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        assert!(login_allowed_from(&users, "guest", local));
+        assert!(login_allowed_from(&users, "guest", mapped));
+        assert!(login_allowed_from(&users, "guest", "::1".parse().unwrap()));
+        assert!(!login_allowed_from(&users, "guest", remote));
+        assert!(!login_allowed_from(&users, "guest", remote6));
+        assert!(login_allowed_from(&users, "alice", remote));
+    }
+
+    #[test]
+    fn negotiation_follows_rabbit_reader() {
+        assert!(negotiate("frame_max", 4096, 131072, 4096).is_ok());
+        assert!(negotiate("frame_max", 4096, 131072, 4095).is_err());
+        assert!(negotiate("frame_max", 4096, 131072, 0).is_err());
+        assert!(negotiate("channel_max", 0, 2047, 0).is_err());
+        assert!(negotiate("channel_max", 0, 0, 0).is_ok());
+        assert!(negotiate("channel_max", 0, 2047, 1).is_ok());
+    }
 }

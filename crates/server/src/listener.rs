@@ -18,10 +18,10 @@ use crate::connection;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The data folder could not be opened.
-    #[error("cannot open the data folder: {0}")]
+    #[error("cannot open the data folder")]
     Store(#[from] warren_store::StoreError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,

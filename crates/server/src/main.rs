@@ -40,8 +40,18 @@ struct Args {
     log_level: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line (with its causes), not a Debug dump with a backtrace.
+            eprintln!("warren: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     let overrides = Overrides {
         config_file: args.config,
         listen: args.listen,

@@ -42,8 +42,6 @@ pub enum Outbound {
         /// The consumer that lost its queue.
         consumer: Arc<Consumer>,
     },
-    /// The broker shuts down or the connection was forced closed.
-    ForceClose,
 }
 
 /// A connection's inbox of [`Outbound`] items, filled by other tasks and drained in batches by
@@ -201,6 +199,8 @@ pub struct QueueEntity {
     pub expiring: AtomicBool,
     /// `x-expires` in milliseconds: the queue is deleted after being unused that long.
     pub expires: Option<u64>,
+    /// `x-single-active-consumer`: one consumer receives at a time.
+    single_active: bool,
     /// When the queue was last used (declared, consumed from, read with basic.get), in ms.
     last_used: std::sync::atomic::AtomicU64,
     /// Set once the queue is deleted; late publishes and requeues are dropped.
@@ -336,6 +336,10 @@ impl QueueEntity {
             // Recovered messages may carry deadlines (the store keeps them in its log).
             expiring: AtomicBool::new(recovered_any),
             expires: integer_argument(&arguments, b"x-expires"),
+            single_active: matches!(
+                arguments.get(b"x-single-active-consumer"),
+                Some(warren_codec::FieldValue::Bool(true))
+            ),
             last_used: std::sync::atomic::AtomicU64::new(now_ms()),
             name,
             vhost,
@@ -394,7 +398,19 @@ impl QueueEntity {
         outcome
     }
 
-    fn push_locked(self: &Arc<Self>, inner: &mut QueueInner, message: Arc<Message>) -> Published {
+    fn push_locked(
+        self: &Arc<Self>,
+        inner: &mut QueueInner,
+        mut message: Arc<Message>,
+    ) -> Published {
+        // A message that will wait behind a real backlog, and that no other queue shares,
+        // gets its own small allocation, so it stops pinning the connection's read buffer
+        // (whole 64 KiB chunks otherwise stay alive for a few small messages each). A short
+        // queue (a consumer's prefetch window) is left alone: the copy would cost more CPU
+        // than the memory it saves for a moment.
+        if inner.messages.ready_count() >= COMPACT_AFTER_READY && Arc::strong_count(&message) == 1 {
+            message = compact(message);
+        }
         let body_len = message.body.len();
         let limits = &self.limits;
         let full = limits
@@ -527,7 +543,14 @@ impl QueueEntity {
             return;
         }
         while inner.messages.ready_count() > 0 {
-            let Some(idx) = choose_consumer(&inner.consumers, inner.next_consumer) else {
+            // x-single-active-consumer: only the first consumer (by priority, then by arrival)
+            // receives; the next one takes over when it goes.
+            let candidates = if self.single_active {
+                inner.consumers.get(..1).unwrap_or_default()
+            } else {
+                &inner.consumers[..]
+            };
+            let Some(idx) = choose_consumer(candidates, inner.next_consumer) else {
                 break;
             };
             // A message that expired while waiting for credit must not be delivered.
@@ -719,6 +742,44 @@ impl QueueEntity {
     }
 }
 
+/// Messages queued behind at least this many ready ones are compacted.
+const COMPACT_AFTER_READY: usize = 1024;
+
+/// Bodies up to this size are copied out of the read buffer when they queue up.
+const COMPACT_MAX_BODY: usize = 16 * 1024;
+
+/// Copies a message's names, properties and body into one exact-size allocation.
+fn compact(message: Arc<Message>) -> Arc<Message> {
+    if message.body.len() > COMPACT_MAX_BODY {
+        return message;
+    }
+    let mut owned = Arc::try_unwrap(message).unwrap_or_else(|shared| Message::clone(&shared));
+    let lengths = [
+        owned.exchange.len(),
+        owned.routing_key.len(),
+        owned.properties.len(),
+    ];
+    let mut buf = bytes::BytesMut::with_capacity(lengths.iter().sum::<usize>() + owned.body.len());
+    buf.extend_from_slice(owned.exchange.as_bytes());
+    buf.extend_from_slice(owned.routing_key.as_bytes());
+    buf.extend_from_slice(&owned.properties);
+    buf.extend_from_slice(&owned.body);
+    let mut all = buf.freeze();
+    let [exchange_len, key_len, properties_len] = lengths;
+    let exchange = all.split_to(exchange_len);
+    let routing_key = all.split_to(key_len);
+    owned.properties = all.split_to(properties_len);
+    owned.body = all;
+    // The lengths came from short strings, so these cannot fail; keep the old ones if they do.
+    if let Ok(exchange) = ShortString::from_bytes(exchange) {
+        owned.exchange = exchange;
+    }
+    if let Ok(routing_key) = ShortString::from_bytes(routing_key) {
+        owned.routing_key = routing_key;
+    }
+    Arc::new(owned)
+}
+
 /// Milliseconds since the Unix epoch (message expiry times).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -778,4 +839,41 @@ pub fn generated_name(prefix: &str) -> ShortString {
     let suffix = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
     let name = format!("{prefix}{suffix}");
     ShortString::from_bytes(Bytes::from(name)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_keeps_every_field_and_drops_the_big_buffer() {
+        let read_buffer = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+        let mut message = Message::new(
+            ShortString::from_static("amq.direct"),
+            ShortString::from_static("key"),
+            read_buffer.slice(0..10),
+            read_buffer.slice(10..110),
+        )
+        .with_persistent(true);
+        message.expires_at_ms = Some(42);
+        message.priority = Some(3);
+        let compacted = compact(Arc::new(message.clone()));
+        assert_eq!(*compacted, message);
+        drop(message);
+        // The compacted copy no longer shares the 64 KiB buffer.
+        assert!(read_buffer.is_unique());
+    }
+
+    #[test]
+    fn large_bodies_are_left_alone() {
+        let body = bytes::Bytes::from(vec![1u8; COMPACT_MAX_BODY + 1]);
+        let message = Arc::new(Message::new(
+            ShortString::new(),
+            ShortString::new(),
+            bytes::Bytes::new(),
+            body.clone(),
+        ));
+        let same = compact(Arc::clone(&message));
+        assert!(Arc::ptr_eq(&same, &message));
+    }
 }

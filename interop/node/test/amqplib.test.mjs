@@ -775,3 +775,18 @@ scenario("example_publish_consume", async () => {
   });
   assert.match(stdout, /^received 'hello from amqplib' from amq\.gen-/);
 });
+
+scenario("server_generated_consumer_tag", async (n) => {
+  const connection = await connect();
+  const ch = await channel(connection);
+  const queue = n.queue();
+  await ch.assertQueue(queue);
+  // amqplib sends an empty consumer tag unless given one: the broker names the consumer.
+  const first = await ch.consume(queue, () => {});
+  const second = await ch.consume(queue, () => {});
+  assert.match(first.consumerTag, /^amq\.ctag-/);
+  assert.notEqual(first.consumerTag, second.consumerTag);
+  await ch.cancel(first.consumerTag);
+  assert.equal((await ch.checkQueue(queue)).consumerCount, 1);
+  await connection.close();
+});
