@@ -32,13 +32,15 @@ stop_warren() {
 }
 trap stop_warren EXIT
 
-# run NAME URI PID PROCESSES: runs PROCESSES generators at once, prints one table row.
+# run NAME URI PID PROCESSES QUEUES: runs PROCESSES generators at once, each with QUEUES
+# producer/consumer/queue triples, and prints one table row.
 run() {
-    local name="$1" uri="$2" pid="$3" n="$4" i
+    local name="$1" uri="$2" pid="$3" n="$4" q="$5" i
     local pids=()
     for i in $(seq "$n"); do
         "$LOADGEN_BIN" --uri "$uri" --broker-pid "$pid" --prefix "loadgen.ceiling.$i" --time "$DURATION" \
-            --quiet "${SCENARIO[@]}" >"$OUT_DIR/$name-$n-$i.json" 2>"$OUT_DIR/$name-$n-$i.err" &
+            --producers "$q" --consumers "$q" --queues "$q" \
+            --quiet "${SCENARIO[@]}" >"$OUT_DIR/$name-$n-$q-$i.json" 2>"$OUT_DIR/$name-$n-$q-$i.err" &
         pids+=($!)
     done
     for i in "${pids[@]}"; do wait "$i" || true; done
@@ -50,14 +52,17 @@ run() {
         | (map(.broker.cpu_us) | max) as $bcpu
         | (map(.loadgen.cpu_us) | add) as $lcpu
         | (map(.ok) | all) as $ok
-        | "| \($name) | \($n) | \($rate | floor) | \(($bcpu / $msgs * 100 | floor) / 100) | \(($lcpu / $msgs * 100 | floor) / 100) | \($ok) |"
-    ' "$OUT_DIR/$name-$n-"*.json
+        | "| \($name) | \($n) | \($n * '"$q"') | \($rate | floor) | \(($bcpu / $msgs * 100 | floor) / 100) | \(($lcpu / $msgs * 100 | floor) / 100) | \($ok) |"
+    ' "$OUT_DIR/$name-$n-$q-"*.json
 }
 
-echo "| Broker | Generator processes | Delivered msg/s (sum) | Broker CPU µs/msg | Generator CPU µs/msg | Clean |"
-echo "|---|---:|---:|---:|---:|---|"
-run rabbitmq "$RABBIT_URI" "$RABBIT_PID" 1
-run rabbitmq "$RABBIT_URI" "$RABBIT_PID" 2
+# Two processes also means two queues, which a broker may serve in parallel; the middle row (one
+# process, two queues) separates that from the generator's own limit.
+echo "| Broker | Generator processes | Queues | Delivered msg/s (sum) | Broker CPU µs/msg | Generator CPU µs/msg | Clean |"
+echo "|---|---:|---:|---:|---:|---:|---|"
+run rabbitmq "$RABBIT_URI" "$RABBIT_PID" 1 1
+run rabbitmq "$RABBIT_URI" "$RABBIT_PID" 1 2
+run rabbitmq "$RABBIT_URI" "$RABBIT_PID" 2 1
 "$WARREN_BIN" --listen 127.0.0.1:0 --ephemeral >"$OUT_DIR/warren.log" 2>&1 &
 WARREN_PID=$!
 for _ in $(seq 100); do
@@ -65,6 +70,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 addr="$(grep -oE 'listening on [0-9.]+:[0-9]+' "$OUT_DIR/warren.log" | head -1 | awk '{print $3}')"
-run warren "amqp://guest:guest@$addr/%2f" "$WARREN_PID" 1
-run warren "amqp://guest:guest@$addr/%2f" "$WARREN_PID" 2
+run warren "amqp://guest:guest@$addr/%2f" "$WARREN_PID" 1 1
+run warren "amqp://guest:guest@$addr/%2f" "$WARREN_PID" 1 2
+run warren "amqp://guest:guest@$addr/%2f" "$WARREN_PID" 2 1
 echo "(details in $OUT_DIR)" >&2
