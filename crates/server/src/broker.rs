@@ -204,9 +204,18 @@ impl Durable {
                     while !stop.load(Ordering::Acquire) {
                         match store.wait_and_sync(Duration::from_millis(50)) {
                             Ok(Some(synced)) => {
-                                tx.send_modify(|state| state.synced = synced);
+                                tx.send_modify(|state| state.synced = state.synced.max(synced));
                             }
-                            Ok(None) => {}
+                            Ok(None) => {
+                                // Idle means the store holds nothing unsynced: make sure the
+                                // channels know, so no confirm waits for a sync that never comes.
+                                let synced = store.synced();
+                                tx.send_if_modified(|state| {
+                                    let behind = state.synced < synced;
+                                    state.synced = state.synced.max(synced);
+                                    behind
+                                });
+                            }
                             Err(failed) => {
                                 tracing::error!(error = %failed, "sync failed: nacking confirms");
                                 tx.send_modify(|state| state.failed = failed.upto);

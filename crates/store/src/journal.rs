@@ -853,7 +853,11 @@ impl Log {
         let _one_sync = self.sync_lock.lock();
         let synced = self.sync_locked()?;
         self.reclaim_locked();
-        Ok(synced)
+        // Reclaiming may sync again (for the acks it carries forward), and that sync covers
+        // every record appended meanwhile, publishes included. Report the furthest position:
+        // the sync thread then idles (nothing handed out is unsynced), so confirms waiting on a
+        // position it did not report would never be sent.
+        Ok(synced.max(self.synced()))
     }
 
     /// The body of [`Log::sync`], with `sync_lock` held.
