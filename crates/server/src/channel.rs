@@ -1080,23 +1080,8 @@ impl Channel {
                 }
                 (None, true) => {
                     // Nothing to wait for: earlier confirms, then this nack, in order.
-                    if let Some((first, last)) = pending.take() {
-                        ctx.out.method(
-                            n,
-                            m::BasicAck {
-                                delivery_tag: last,
-                                multiple: last > first,
-                            },
-                        );
-                    }
-                    ctx.out.method(
-                        n,
-                        m::BasicNack {
-                            delivery_tag: tag,
-                            multiple: false,
-                            requeue: false,
-                        },
-                    );
+                    send_acks(ctx.out, n, pending.take());
+                    send_nack(ctx.out, n, tag);
                 }
                 (Some(at), nack) => waiting.push_back((tag, at, nack)),
             }
@@ -1146,72 +1131,28 @@ impl Channel {
         else {
             return;
         };
-        if let Some((first, last)) = pending.take() {
-            out.method(
-                self.number,
-                m::BasicAck {
-                    delivery_tag: last,
-                    multiple: last > first,
-                },
-            );
-        }
+        send_acks(out, self.number, pending.take());
         let Some(sync) = sync else { return };
+        // Confirms go out in tag order: a run of acks as one `multiple` ack, broken by a nack
+        // for a message the store failed to sync (or that a full queue rejected).
         let mut acked: Option<(u64, u64)> = None;
-        while let Some(&(tag, lsn, nack)) = waiting.front() {
-            if lsn <= sync.synced && nack {
-                if let Some((first, last)) = acked.take() {
-                    out.method(
-                        self.number,
-                        m::BasicAck {
-                            delivery_tag: last,
-                            multiple: last > first,
-                        },
-                    );
-                }
-                out.method(
-                    self.number,
-                    m::BasicNack {
-                        delivery_tag: tag,
-                        multiple: false,
-                        requeue: false,
-                    },
-                );
-                waiting.pop_front();
-            } else if lsn <= sync.synced {
-                acked = Some(acked.map_or((tag, tag), |(first, _)| (first, tag)));
-                waiting.pop_front();
+        while let Some(&(tag, lsn, rejected)) = waiting.front() {
+            let nack = if lsn <= sync.synced {
+                rejected
             } else if lsn <= sync.failed {
-                if let Some((first, last)) = acked.take() {
-                    out.method(
-                        self.number,
-                        m::BasicAck {
-                            delivery_tag: last,
-                            multiple: last > first,
-                        },
-                    );
-                }
-                out.method(
-                    self.number,
-                    m::BasicNack {
-                        delivery_tag: tag,
-                        multiple: false,
-                        requeue: false,
-                    },
-                );
-                waiting.pop_front();
+                true
             } else {
                 break;
+            };
+            waiting.pop_front();
+            if nack {
+                send_acks(out, self.number, acked.take());
+                send_nack(out, self.number, tag);
+            } else {
+                acked = Some(acked.map_or((tag, tag), |(first, _)| (first, tag)));
             }
         }
-        if let Some((first, last)) = acked {
-            out.method(
-                self.number,
-                m::BasicAck {
-                    delivery_tag: last,
-                    multiple: last > first,
-                },
-            );
-        }
+        send_acks(out, self.number, acked);
     }
 
     /// When the oldest unacked delivery was sent (None when nothing is unacked).
@@ -1266,4 +1207,29 @@ fn check_exclusive(queue: &QueueEntity, ctx: &ConnCtx<'_>) -> Result<(), AmqpErr
         .into()),
         _ => Ok(()),
     }
+}
+
+/// Confirms the tags `first..=last` with one `basic.ack` (`multiple` when more than one).
+fn send_acks(out: &mut Out, channel: u16, range: Option<(u64, u64)>) {
+    if let Some((first, last)) = range {
+        out.method(
+            channel,
+            m::BasicAck {
+                delivery_tag: last,
+                multiple: last > first,
+            },
+        );
+    }
+}
+
+/// Tells the publisher that the message with `tag` was not taken.
+fn send_nack(out: &mut Out, channel: u16, tag: u64) {
+    out.method(
+        channel,
+        m::BasicNack {
+            delivery_tag: tag,
+            multiple: false,
+            requeue: false,
+        },
+    );
 }
