@@ -6,11 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use warren_codec::ShortString;
 
 use crate::backend::{Backend, FileBackend, Prefixed};
-use crate::definitions::{BindingDef, DEFINITIONS_FILE, Definitions, ExchangeDef, QueueDef};
+use crate::definitions::{
+    BindingDef, DEFINITIONS_FILE, Definitions, DefinitionsLog, ExchangeDef, QueueDef,
+};
 use crate::error::StoreError;
 use crate::journal::{FORMAT_VERSION, Journal, Log, StoreOptions, SyncFailed};
 use crate::queue::{Lsn, Queue};
@@ -62,7 +63,8 @@ pub struct Store {
     log: Arc<Log>,
     /// Bodies without a durable record, paged out under memory pressure (`spill-*` files).
     spill: Arc<Log>,
-    definitions: Mutex<Definitions>,
+    /// Durable exchanges, queues and bindings, with group commit.
+    definitions: DefinitionsLog,
 }
 
 impl Store {
@@ -142,7 +144,7 @@ impl Store {
             backend,
             log,
             spill,
-            definitions: Mutex::new(definitions),
+            definitions: DefinitionsLog::new(definitions),
         };
         Ok((store, recovery))
     }
@@ -151,7 +153,7 @@ impl Store {
     /// once when a durable queue is created, not on a redeclare of an existing one: a second call
     /// for the same name replaces the first (whose logged messages are then dead).
     pub fn declare_queue(&self, def: &QueueDef) -> Result<Queue, StoreError> {
-        let id = self.definitions.lock().put_queue(def)?;
+        let id = self.definitions.put_queue(def)?;
         Ok(
             Queue::with_journal(Journal::new(Arc::clone(&self.log), id), Vec::new(), 0)
                 .with_spill(Arc::clone(&self.spill)),
@@ -173,14 +175,14 @@ impl Store {
         name: &ShortString,
         mut queue: Queue,
     ) -> Result<(), StoreError> {
-        self.definitions.lock().delete_queue(vhost, name)?;
+        self.definitions.delete_queue(vhost, name)?;
         let _journal = queue.detach();
         Ok(())
     }
 
     /// Records a durable exchange (synced before returning); replaces one of the same name.
     pub fn put_exchange(&self, def: &ExchangeDef) -> Result<(), StoreError> {
-        self.definitions.lock().put_exchange(def)
+        self.definitions.put_exchange(def)
     }
 
     /// Removes a durable exchange and the bindings from or to it (synced before returning).
@@ -189,17 +191,17 @@ impl Store {
         vhost: &ShortString,
         name: &ShortString,
     ) -> Result<(), StoreError> {
-        self.definitions.lock().delete_exchange(vhost, name)
+        self.definitions.delete_exchange(vhost, name)
     }
 
     /// Records a durable binding (synced before returning); adding it twice keeps one.
     pub fn put_binding(&self, def: &BindingDef) -> Result<(), StoreError> {
-        self.definitions.lock().put_binding(def)
+        self.definitions.put_binding(def)
     }
 
     /// Removes a durable binding (synced before returning).
     pub fn delete_binding(&self, def: &BindingDef) -> Result<(), StoreError> {
-        self.definitions.lock().delete_binding(def)
+        self.definitions.delete_binding(def)
     }
 
     /// Writes and fdatasyncs every record appended so far, by any queue (group commit), then
@@ -241,7 +243,7 @@ impl Store {
 
     /// Bytes the store holds on disk (log segments and definitions).
     pub fn disk_usage(&self) -> u64 {
-        self.log.disk_usage() + self.definitions.lock().len()
+        self.log.disk_usage() + self.definitions.len()
     }
 
     /// Bytes of log records appended but not yet on stable storage; they stay in memory until a

@@ -441,6 +441,81 @@ fn the_definitions_file_is_compacted_and_survives_a_torn_tail() {
     );
 }
 
+/// Declares from many threads at once share their syncs (group commit), and every one that
+/// returned is there after a power loss.
+#[test]
+fn concurrent_declares_share_one_sync_per_batch_and_all_survive() {
+    let backend = MemBackend::new();
+    let (store, _) = open(&backend);
+    let store = Arc::new(store);
+    // A slow disk, so that declares pile up while a sync runs.
+    backend.set_sync_delay(Duration::from_millis(2));
+    let before = backend.sync_count();
+    let threads: Vec<_> = (0..8)
+        .map(|thread| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for n in 0..50 {
+                    let queue = format!("t{thread}-q{n}");
+                    store.declare_queue(&queue_def(&queue)).unwrap();
+                    store
+                        .put_binding(&BindingDef {
+                            vhost: name("/"),
+                            source: name("amq.direct"),
+                            destination: name(&queue),
+                            destination_kind: DestinationKind::Queue,
+                            routing_key: name(&queue),
+                            arguments: Bytes::new(),
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let syncs = backend.sync_count() - before;
+    // 800 records; one sync each without group commit.
+    assert!(syncs * 2 <= 800, "{syncs} syncs for 800 definitions");
+    backend.set_sync_delay(Duration::ZERO);
+    drop(store);
+    backend.crash(CrashMode::LoseUnsynced);
+    let (_store, recovery) = open(&backend);
+    assert_eq!(recovery.queues.len(), 400);
+    assert_eq!(recovery.bindings.len(), 400);
+    let mut ids = std::collections::BTreeSet::new();
+    for (def, _) in &recovery.queues {
+        assert!(ids.insert(def.name.to_string()));
+    }
+}
+
+/// A declare whose write fails returns the error and is not there after a restart; the
+/// definitions file carries on once the disk accepts writes.
+#[test]
+fn a_failed_definition_write_is_reported_and_cut_off() {
+    let backend = MemBackend::new();
+    let (store, _) = open(&backend);
+    store.declare_queue(&queue_def("before")).unwrap();
+    backend.set_disk_full(true);
+    assert!(matches!(
+        store.declare_queue(&queue_def("refused")),
+        Err(StoreError::Io { .. })
+    ));
+    backend.set_disk_full(false);
+    store.declare_queue(&queue_def("after")).unwrap();
+    drop(store);
+    backend.crash(CrashMode::KeepWrites);
+    let (_store, recovery) = open(&backend);
+    let mut names: Vec<_> = recovery
+        .queues
+        .iter()
+        .map(|(def, _)| def.name.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["after", "before"]);
+}
+
 #[test]
 fn a_full_disk_fails_the_sync_then_the_store_recovers() {
     let backend = MemBackend::new();
