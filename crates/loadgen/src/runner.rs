@@ -19,8 +19,8 @@ use crate::report::{
 };
 use crate::stats::{Latency, Shared, new_histogram};
 use crate::topology::{Topology, TopologySpec};
-use crate::wire::{In, Out};
 use crate::wire::Table;
+use crate::wire::{In, Out};
 
 /// How often the background sampler reads the broker's RSS.
 const PEAK_SAMPLE_EVERY: Duration = Duration::from_millis(200);
@@ -527,7 +527,10 @@ async fn idle(args: &Args, endpoint: &Endpoint, report: &mut Report) -> anyhow::
 /// What a declare run does to each queue.
 #[derive(Clone)]
 enum QueueOp {
-    Declare { durable: bool, arguments: Arc<Table> },
+    Declare {
+        durable: bool,
+        arguments: Arc<Table>,
+    },
     Delete,
 }
 

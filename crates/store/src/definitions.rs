@@ -398,7 +398,6 @@ impl Definitions {
         self.compacted_len = self.len;
         Ok(())
     }
-
 }
 
 /// Failed batches remembered for the callers that have not woken up yet.

@@ -13,7 +13,9 @@ use crate::definitions::{
     BindingDef, DEFINITIONS_FILE, Definitions, DefinitionsLog, ExchangeDef, QueueDef,
 };
 use crate::error::StoreError;
-use crate::journal::{FORMAT_VERSION, Journal, Log, StoreOptions, SyncFailed};
+use crate::journal::{
+    FORMAT_VERSION, Journal, Log, OLDEST_FORMAT_VERSION, StoreOptions, SyncFailed,
+};
 use crate::queue::{Lsn, Queue};
 
 /// The version marker's file name, and its contents for this build's format.
@@ -262,7 +264,7 @@ impl Store {
     /// Syncs everything and marks the data folder as cleanly closed, so the next open knows which
     /// recovered messages were never delivered. Call it last, once no queue is used any more.
     pub fn close(&self) -> Result<(), StoreError> {
-        self.log.sync().map_err(|failed| failed.error)?;
+        self.log.sync_for_close().map_err(|failed| failed.error)?;
         let marker = self
             .backend
             .open(CLEAN_FILE, true)
@@ -346,11 +348,35 @@ fn check_version(backend: &dyn Backend) -> Result<(), StoreError> {
         .trim()
         .strip_prefix(VERSION_PREFIX)
         .and_then(|number| number.parse::<u32>().ok());
-    if version != Some(FORMAT_VERSION) {
-        return Err(StoreError::UnsupportedFormat {
+    match version {
+        Some(FORMAT_VERSION) => Ok(()),
+        Some(old) if (OLDEST_FORMAT_VERSION..FORMAT_VERSION).contains(&old) => {
+            // Everything of the older format reads as it is; new segments are of this format,
+            // so the marker moves first: an older build then refuses the folder clearly.
+            write_version(backend)?;
+            tracing::info!(
+                from = old,
+                to = FORMAT_VERSION,
+                "data folder format upgraded"
+            );
+            Ok(())
+        }
+        _ => Err(StoreError::UnsupportedFormat {
             found: text.trim().to_owned(),
             supported: FORMAT_VERSION,
-        });
+        }),
     }
-    Ok(())
+}
+
+/// Replaces the version marker with this build's, durably (new file renamed over the old).
+fn write_version(backend: &dyn Backend) -> Result<(), StoreError> {
+    let tmp = format!("{VERSION_FILE}.tmp");
+    let contents = format!("{VERSION_PREFIX}{FORMAT_VERSION}\n");
+    let file = backend.open(&tmp, true).map_err(StoreError::io(&tmp))?;
+    file.set_len(0)
+        .and_then(|()| file.write_all_at(contents.as_bytes(), 0))
+        .and_then(|()| file.sync_data())
+        .and_then(|()| backend.rename(&tmp, VERSION_FILE))
+        .and_then(|()| backend.sync_dir())
+        .map_err(StoreError::io(VERSION_FILE))
 }

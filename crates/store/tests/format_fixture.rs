@@ -71,4 +71,7 @@ fn format_1_data_folder_opens_with_everything_in_it() {
     assert!(!ready.redelivered);
     assert_eq!(ready.message.priority, None);
     assert!(queue.pop().is_none(), "the acked message stays gone");
+    // Opened as it is, then marked as this build's format before anything new was written.
+    let version = std::fs::read_to_string(dir.path().join("VERSION")).unwrap();
+    assert_eq!(version, "warren-store 2\n");
 }
