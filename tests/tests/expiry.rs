@@ -44,6 +44,23 @@ async fn count(channel: &lapin::Channel, name: &str) -> u32 {
         .message_count()
 }
 
+/// The first message `queue` holds within 5 s (taken with no-ack).
+async fn get_within_5s(channel: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    within(5, async {
+        loop {
+            if let Some(m) = channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 fn death(headers: &FieldTable) -> (String, String, i64) {
     let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
         panic!("no x-death in {headers:?}");
@@ -164,19 +181,7 @@ async fn rejected_message_is_dead_lettered_with_x_death() {
         )
         .await
         .unwrap();
-    let dead = within(5, async {
-        loop {
-            if let Some(m) = channel
-                .basic_get("dead".into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let dead = get_within_5s(&channel, "dead").await;
     assert_eq!(dead.delivery.data, b"bad job");
     assert_eq!(dead.delivery.routing_key.as_str(), "dead");
     let headers = dead.delivery.properties.headers().clone().unwrap();
@@ -266,19 +271,7 @@ async fn dropped_head_is_dead_lettered_as_maxlen() {
             .await
             .unwrap();
     }
-    let dead = within(5, async {
-        loop {
-            if let Some(m) = channel
-                .basic_get("overflow".into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let dead = get_within_5s(&channel, "overflow").await;
     assert_eq!(dead.delivery.data, b"old");
     assert_eq!(
         death(&dead.delivery.properties.headers().clone().unwrap()).0,
@@ -482,19 +475,7 @@ async fn a_low_priority_message_expires_behind_higher_priorities() {
             .await
             .unwrap();
     }
-    let dead = within(5, async {
-        loop {
-            if let Some(m) = channel
-                .basic_get("prio.dead".into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let dead = get_within_5s(&channel, "prio.dead").await;
     assert_eq!(dead.delivery.data, b"low-short");
     assert_eq!(count(&channel, "prio.ttl").await, 2);
 }
