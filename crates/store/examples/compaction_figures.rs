@@ -129,7 +129,7 @@ fn scattered(root: &Path, count: usize, compact_below: u8) {
         store.sync().unwrap();
         sync_time += sync_started.elapsed();
         while let Some(delivery) = queue.pop() {
-            if delivery.offset % 20 == 0 {
+            if delivery.offset.is_multiple_of(20) {
                 held.push_back(delivery.offset);
             } else {
                 queue.ack(delivery.offset);
@@ -140,7 +140,7 @@ fn scattered(root: &Path, count: usize, compact_below: u8) {
             let offset = held.pop_front().unwrap();
             queue.ack(offset);
         }
-        if n % 10_000 == 0 {
+        if n.is_multiple_of(10_000) {
             max_disk = max_disk.max(folder_bytes(dir.path()));
         }
     }
