@@ -65,6 +65,12 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         addrs.push(local);
         listeners.push(listener);
     }
+    // The disk alarm: free space on the data folder's file system, measured now and then.
+    if !config.ephemeral {
+        // Once before the first client, so one that publishes at once already sees the alarm.
+        broker.disk.check();
+        tokio::spawn(Arc::clone(&broker.disk).run(shutdown_tx.subscribe()));
+    }
     // Messages with a TTL expire (and are dead-lettered) even when nobody touches their queue.
     {
         let broker = Arc::clone(&broker);
@@ -159,6 +165,17 @@ impl RunningBroker {
     /// Bytes of message bodies currently held in queues.
     pub fn memory_used(&self) -> usize {
         self.broker.memory.used()
+    }
+
+    /// Changes the free disk space limit at run time and measures again at once (RabbitMQ's
+    /// `rabbitmqctl set_disk_free_limit`); until the next start, where the configuration rules.
+    pub fn set_disk_free_limit(&self, bytes: u64) {
+        self.broker.disk.set_limit(bytes);
+    }
+
+    /// Whether the disk alarm is on (free space below the limit, or the store failing to write).
+    pub fn disk_alarm(&self) -> bool {
+        self.broker.disk.alarm()
     }
 
     /// Stops accepting, sends every connection `connection.close` 320 CONNECTION_FORCED, and
