@@ -247,3 +247,43 @@ async fn free_space_below_the_limit_blocks_publishers_until_the_limit_is_lowered
     .expect("published after the alarm cleared");
     assert_eq!(got.delivery.data, b"next");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_broker_on_the_same_data_folder_is_refused_until_the_first_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestBroker::start_with(durable_config(dir.path())).await;
+    let refused = match warren_server::start(durable_config(dir.path())).await {
+        Ok(_) => panic!("two brokers share one data folder"),
+        Err(error) => error,
+    };
+    // The whole chain, as the binary prints it ("warren: {error:#}").
+    let mut text = refused.to_string();
+    let mut source = std::error::Error::source(&refused);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    let lock = dir.path().join("LOCK");
+    assert!(
+        text.contains("is in use")
+            && text.contains("another Warren process holds the lock on")
+            && text.contains(&lock.display().to_string()),
+        "{text}"
+    );
+    // The first broker is unharmed, and once it has stopped the folder opens again.
+    let (_conn, channel) = first.channel().await;
+    declare_durable(&channel).await;
+    drop((_conn, channel));
+    first.broker.shutdown().await;
+    let second = TestBroker::start_with(durable_config(dir.path())).await;
+    let (_conn, channel) = second.channel().await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(QUEUE.into(), passive, FieldTable::default())
+        .await
+        .unwrap();
+}

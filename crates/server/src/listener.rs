@@ -39,6 +39,9 @@ pub struct RunningBroker {
     permits: Arc<Semaphore>,
     max_connections: u32,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// The expiry sweeper and the disk monitor; awaited on shutdown, so that no task still
+    /// holds the broker (and its data folder's lock) once `shutdown` returns.
+    background_tasks: Vec<JoinHandle<()>>,
 }
 
 /// Binds every configured listener and starts accepting connections.
@@ -65,17 +68,20 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         addrs.push(local);
         listeners.push(listener);
     }
+    let mut background_tasks = Vec::new();
     // The disk alarm: free space on the data folder's file system, measured now and then.
     if !config.ephemeral {
         // Once before the first client, so one that publishes at once already sees the alarm.
         broker.disk.check();
-        tokio::spawn(Arc::clone(&broker.disk).run(shutdown_tx.subscribe()));
+        background_tasks.push(tokio::spawn(
+            Arc::clone(&broker.disk).run(shutdown_tx.subscribe()),
+        ));
     }
     // Messages with a TTL expire (and are dead-lettered) even when nobody touches their queue.
     {
         let broker = Arc::clone(&broker);
         let mut shutdown = shutdown_tx.subscribe();
-        tokio::spawn(async move {
+        background_tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -88,7 +94,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
                     _ = shutdown.changed() => return,
                 }
             }
-        });
+        }));
     }
     let accept_tasks = listeners
         .into_iter()
@@ -108,6 +114,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         permits,
         max_connections,
         accept_tasks,
+        background_tasks,
     })
 }
 
@@ -184,6 +191,9 @@ impl RunningBroker {
         info!("shutting down");
         self.shutdown_tx.send_replace(true);
         for task in self.accept_tasks.drain(..) {
+            let _ = task.await;
+        }
+        for task in self.background_tasks.drain(..) {
             let _ = task.await;
         }
         let all = tokio::time::timeout(
