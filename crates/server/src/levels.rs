@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use warren_store::{Delivery, Message, Pushed, Queue};
 
+use crate::memory::QueueMemory;
+
 /// The level is kept above this bit of an offset; store offsets never get near 2^56.
 const LEVEL_SHIFT: u32 = 56;
 const OFFSET_MASK: u64 = (1 << LEVEL_SHIFT) - 1;
@@ -28,11 +30,15 @@ impl Levels {
         }
     }
 
-    /// `max_priority + 1` empty transient levels.
-    pub fn with_max_priority(max_priority: u8) -> Self {
-        Levels {
-            levels: (0..=max_priority).map(|_| Queue::new()).collect(),
+    /// `max_priority + 1` empty transient levels, spilling where `first` spills (`first`, an
+    /// empty queue from the broker, becomes level 0).
+    pub fn with_max_priority(max_priority: u8, first: Queue) -> Self {
+        let mut levels = Vec::with_capacity(usize::from(max_priority) + 1);
+        for _ in 0..max_priority {
+            levels.push(first.empty_sibling());
         }
+        levels.insert(0, first);
+        Levels { levels }
     }
 
     fn level_of(&self, message: &Message) -> usize {
@@ -125,6 +131,64 @@ impl Levels {
         self.levels.iter().map(Queue::unacked_bytes).sum()
     }
 
+    /// Puts back a message taken with `pop_no_ack` that never reached its consumer, at its
+    /// original place in its level.
+    pub fn restore(&mut self, mut delivery: Delivery) {
+        let (level, offset) = Self::split(delivery.offset);
+        delivery.offset = offset;
+        if let Some(queue) = self.levels.get_mut(level) {
+            queue.restore(delivery);
+        }
+    }
+
+    /// Counts and bytes for the memory account.
+    pub fn memory(&self) -> QueueMemory {
+        let mut memory = QueueMemory::default();
+        for queue in &self.levels {
+            memory.ready += queue.ready_count();
+            memory.paged += queue.paged_count();
+            memory.ready_bytes += queue.ready_bytes();
+            memory.resident_ready_bytes += queue.resident_ready_bytes();
+            memory.unacked += queue.unacked_count();
+            memory.index_bytes += queue.index_bytes();
+        }
+        memory
+    }
+
+    /// Pages out bodies past the first `keep` ready messages of each level, stopping after
+    /// about `max_bytes`. Returns the body bytes paged out.
+    pub fn page_out(&mut self, keep: usize, max_bytes: usize) -> u64 {
+        let mut paged = 0;
+        for queue in &mut self.levels {
+            let before = queue.resident_ready_bytes();
+            let budget = usize::try_from(paged).map_or(0, |done| max_bytes.saturating_sub(done));
+            if budget == 0 {
+                break;
+            }
+            queue.page_out_upto(keep, budget);
+            paged += before.saturating_sub(queue.resident_ready_bytes());
+        }
+        paged
+    }
+
+    /// Reads back the paged-out bodies among the next `window` messages to be delivered
+    /// (highest level first), at most `max_loads` of them. Returns how many were loaded.
+    pub fn page_in(&mut self, window: usize, max_loads: usize) -> usize {
+        let mut left = window;
+        let mut loaded = 0;
+        for queue in self.levels.iter_mut().rev() {
+            if left == 0 || loaded >= max_loads {
+                break;
+            }
+            if queue.ready_count() == 0 {
+                continue;
+            }
+            loaded += queue.page_in_upto(left, max_loads - loaded);
+            left = left.saturating_sub(queue.ready_count());
+        }
+        loaded
+    }
+
     /// The first level's queue, taken out (durable queues have only that one).
     pub fn take_first(&mut self) -> Queue {
         self.levels
@@ -154,7 +218,7 @@ mod tests {
 
     #[test]
     fn highest_priority_first_fifo_within_and_capped_at_max() {
-        let mut levels = Levels::with_max_priority(5);
+        let mut levels = Levels::with_max_priority(5, Queue::new());
         levels.push(message(b"low", None));
         levels.push(message(b"high1", Some(5)));
         levels.push(message(b"capped", Some(200)));
@@ -167,7 +231,7 @@ mod tests {
 
     #[test]
     fn acks_and_requeues_find_their_level() {
-        let mut levels = Levels::with_max_priority(3);
+        let mut levels = Levels::with_max_priority(3, Queue::new());
         levels.push(message(b"a", Some(3)));
         levels.push(message(b"b", Some(1)));
         let a = levels.pop().unwrap();
