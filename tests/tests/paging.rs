@@ -318,3 +318,56 @@ async fn a_paged_backlog_survives_a_restart_with_its_persistent_messages_in_orde
     wait_until_empty(&broker).await;
     broker.broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_queue_pages_every_level_and_delivers_highest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start_with(paging_config(dir.path())).await;
+    let (_conn, channel) = broker.channel().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-max-priority".into(),
+        lapin::types::AMQPValue::ShortInt(2),
+    );
+    channel
+        .queue_declare(
+            "prio".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    for n in 0..BACKLOG {
+        let priority = (n % 3) as u8;
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                "prio".into(),
+                BasicPublishOptions::default(),
+                &body(n),
+                properties(true).with_priority(priority),
+            )
+            .await
+            .unwrap();
+        pending.push(confirm);
+    }
+    for confirm in pending {
+        assert_eq!(within(30, confirm).await.unwrap(), Confirmation::Ack(None));
+    }
+    wait_until_paged(&broker, BACKLOG, 1024).await;
+    let mut expected: Vec<u64> = Vec::new();
+    for priority in [2, 1, 0] {
+        expected.extend((0..BACKLOG).filter(|n| n % 3 == priority));
+    }
+    consume_in_order(&channel, "prio", &expected, |_| true, false).await;
+    wait_until_empty(&broker).await;
+    broker.broker.shutdown().await;
+}
