@@ -32,6 +32,11 @@ pub struct Config {
     pub vhosts: Vec<String>,
     /// Users that may only log in from a loopback address (RabbitMQ's `loopback_users`).
     pub loopback_users: Vec<String>,
+    /// Tests only: open the store on this backend (e.g. a `warren_store::MemBackend` that can
+    /// fail writes as a full disk does) instead of files in `data_dir`, which is then only
+    /// measured for free space. `None` (the default, and the only value the binary uses) is the
+    /// real data folder.
+    pub store_backend: Option<std::sync::Arc<dyn warren_store::Backend>>,
 }
 
 /// Limits negotiated with clients or enforced on them.
@@ -52,6 +57,9 @@ pub struct Limits {
     /// Above this fraction of the budget, bodies of long queues are paged out to disk
     /// (RabbitMQ's `vm_memory_high_watermark_paging_ratio`, 0.5).
     pub memory_paging_ratio: f64,
+    /// Free bytes on the data folder's file system below which publishers are blocked
+    /// (RabbitMQ's `disk_free_limit`, 50 MB by default; 0 disables the check).
+    pub disk_free_limit: u64,
     /// Time a client has to finish the handshake (start-ok, tune-ok, open).
     pub handshake_timeout: Duration,
     /// Connections accepted at once; further ones wait in the kernel's accept queue.
@@ -100,6 +108,7 @@ impl Default for Limits {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             memory_high_watermark: MemoryLimit::default(),
             memory_paging_ratio: 0.5,
+            disk_free_limit: crate::disk::DEFAULT_DISK_FREE_LIMIT,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 65_536,
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
@@ -134,6 +143,7 @@ impl Default for Config {
             }],
             vhosts: vec!["/".to_owned()],
             loopback_users: vec!["guest".to_owned()],
+            store_backend: None,
         }
     }
 }
@@ -187,6 +197,7 @@ struct FileLimits {
     max_message_size: Option<u64>,
     memory_high_watermark: Option<FileMemoryLimit>,
     memory_paging_ratio: Option<f64>,
+    disk_free_limit: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     consumer_timeout_ms: Option<u64>,
@@ -339,6 +350,9 @@ fn apply_file(mut cfg: Config, file: FileConfig) -> Result<Config, ConfigError> 
         if let Some(v) = limits.memory_paging_ratio {
             l.memory_paging_ratio = v;
         }
+        if let Some(v) = limits.disk_free_limit {
+            l.disk_free_limit = v;
+        }
         if let Some(v) = limits.handshake_timeout_ms {
             l.handshake_timeout = Duration::from_millis(v);
         }
@@ -456,6 +470,10 @@ mod tests {
         let cfg = load_file(&path).unwrap();
         assert_eq!(cfg.limits.frame_max, 131_072);
         assert_eq!(cfg.limits.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(
+            cfg.limits.disk_free_limit,
+            crate::disk::DEFAULT_DISK_FREE_LIMIT
+        );
         assert!(cfg.users.iter().any(|u| u.name == "guest"));
         assert!(cfg.vhosts.iter().any(|v| v == "/"));
     }
