@@ -678,6 +678,29 @@ fn decode_moved(payload: &[u8]) -> Option<(u64, &[u8])> {
     matches!(inner.first(), Some(&(KIND_PUBLISH | KIND_ENQUEUE))).then_some((identity, inner))
 }
 
+/// The message of a publish record read back (`data` is the whole record), or of the moved
+/// copy of one.
+fn decode_read(data: &[u8], moved: bool) -> Result<Message, &'static str> {
+    match record::next(data, 0) {
+        Next::Record(payload, _) => {
+            let payload = if moved {
+                decode_moved(payload).map_or(&[][..], |(_, inner)| inner)
+            } else {
+                payload
+            };
+            match decode_publish(payload, true) {
+                Some(DecodedPublish {
+                    message: Some(message),
+                    ..
+                }) => Ok(message),
+                _ => Err("not a publish record"),
+            }
+        }
+        Next::Bad(reason) => Err(reason),
+        Next::End => Err("empty record"),
+    }
+}
+
 fn encode_ref(buf: &mut Vec<u8>, kind: u8, queue_id: u64, offset: u64, target: u64) {
     buf.push(kind);
     record::put_u64(buf, queue_id);
@@ -1029,6 +1052,114 @@ impl Log {
         }
     }
 
+    /// Reads back the messages of several publish records, each given as (identity `Lsn`,
+    /// length), with one `pread` per run of records that lie close together in one segment (a
+    /// paged-out backlog is mostly consecutive records), instead of one per message. Records
+    /// compaction moved are read where they are now; one whose copy is still only in memory, or
+    /// whose run cannot be read (its segment was deleted meanwhile), is read alone through
+    /// [`Log::read_publish`]. Returns the messages of a prefix of `records`, and the error that
+    /// stopped it early, if any.
+    pub(crate) fn read_publishes(
+        &self,
+        records: &[(u64, u32)],
+    ) -> (Vec<Message>, Option<StoreError>) {
+        /// Bytes between two records read (and thrown away) rather than starting a new read.
+        const MAX_GAP: u64 = 64 << 10;
+        /// The most bytes one read covers.
+        const MAX_SPAN: u64 = 4 << 20;
+        /// Where a record is: its end, its length there, and whether it is a moved copy; `None`
+        /// when its bytes are still in the log's memory buffer.
+        type Located = Option<(u64, u32, bool)>;
+        let located: Vec<Located> = {
+            let writer = self.writer.lock();
+            records
+                .iter()
+                .map(|&(identity, len)| {
+                    let physical = writer.resolve(identity);
+                    let moved = physical != identity;
+                    let len = if moved {
+                        len.saturating_add(MOVED_OVERHEAD)
+                    } else {
+                        len
+                    };
+                    let start = (physical & POSITION_MASK).saturating_sub(u64::from(len));
+                    let buffered = std::iter::once(&writer.current)
+                        .chain(writer.sealed.iter())
+                        .any(|tail| tail.number == segment_of(physical) && start >= tail.start);
+                    (!buffered).then_some((physical, len, moved))
+                })
+                .collect()
+        };
+        let mut messages = Vec::with_capacity(records.len());
+        let read_alone = |messages: &mut Vec<Message>, index: usize| {
+            let (identity, len) = records.get(index).copied().unwrap_or_default();
+            self.read_publish(identity, len)
+                .map(|message| messages.push(message))
+        };
+        let mut first = 0;
+        while first < records.len() {
+            let Some(Some((lsn, len, _))) = located.get(first).copied() else {
+                if let Err(error) = read_alone(&mut messages, first) {
+                    return (messages, Some(error));
+                }
+                first += 1;
+                continue;
+            };
+            let segment = segment_of(lsn);
+            let span_start = (lsn & POSITION_MASK).saturating_sub(u64::from(len));
+            let mut span_end = lsn & POSITION_MASK;
+            let mut last = first + 1;
+            while let Some(Some((next_lsn, next_len, _))) = located.get(last).copied() {
+                let end = next_lsn & POSITION_MASK;
+                let fits = segment_of(next_lsn) == segment
+                    && end
+                        .checked_sub(u64::from(next_len))
+                        .is_some_and(|start| start >= span_end && start - span_end <= MAX_GAP)
+                    && end - span_start <= MAX_SPAN;
+                if !fits {
+                    break;
+                }
+                span_end = end;
+                last += 1;
+            }
+            let Ok(data) = self.read_span(segment, span_start, span_end - span_start) else {
+                // Perhaps compacted and deleted meanwhile: one by one, each looked up again.
+                for index in first..last {
+                    if let Err(error) = read_alone(&mut messages, index) {
+                        return (messages, Some(error));
+                    }
+                }
+                first = last;
+                continue;
+            };
+            for index in first..last {
+                let Some(Some((lsn, len, moved))) = located.get(index).copied() else {
+                    break;
+                };
+                let at = usize::try_from(
+                    (lsn & POSITION_MASK).saturating_sub(u64::from(len)) - span_start,
+                )
+                .unwrap_or(usize::MAX);
+                let record = data
+                    .get(at..at.saturating_add(len as usize))
+                    .unwrap_or_default();
+                match decode_read(record, moved) {
+                    Ok(message) => messages.push(message),
+                    Err(reason) => {
+                        let error = StoreError::Corrupt {
+                            file: segment_name(segment),
+                            offset: (lsn & POSITION_MASK).saturating_sub(u64::from(len)),
+                            reason: reason.to_owned(),
+                        };
+                        return (messages, Some(error));
+                    }
+                }
+            }
+            first = last;
+        }
+        (messages, None)
+    }
+
     /// Reads the publish record (or the moved copy of one, which is [`MOVED_OVERHEAD`] bytes
     /// longer) ending at `physical`; `record_len` is the original record's length.
     fn read_record_at(
@@ -1057,7 +1188,6 @@ impl Log {
             offset: start,
             reason: reason.to_owned(),
         };
-        let mut data = vec![0u8; len as usize];
         // A copy made by compaction may not be written to the file yet: read it from memory.
         let buffered = {
             let writer = self.writer.lock();
@@ -1066,55 +1196,40 @@ impl Log {
                 .find(|tail| tail.number == segment && start >= tail.start)
                 .map(|tail| {
                     let from = usize::try_from(start - tail.start).unwrap_or(usize::MAX);
-                    match tail.bytes.get(from..from.saturating_add(data.len())) {
-                        Some(bytes) => {
-                            data.copy_from_slice(bytes);
-                            true
-                        }
-                        None => false,
-                    }
+                    tail.bytes
+                        .get(from..from.saturating_add(len as usize))
+                        .map(<[u8]>::to_vec)
                 })
         };
-        match buffered {
-            Some(true) => {}
-            Some(false) => return Err(corrupt("record past the end of the log")),
-            None => {
-                let file = {
-                    let mut files = self.readers.lock();
-                    match files.get(&segment) {
-                        Some(file) => Arc::clone(file),
-                        None => {
-                            let file = self
-                                .backend
-                                .open(&name, false)
-                                .map_err(StoreError::io(&name))?;
-                            files.insert(segment, Arc::clone(&file));
-                            file
-                        }
-                    }
-                };
-                file.read_exact_at(&mut data, start)
-                    .map_err(StoreError::io(&name))?;
-            }
-        }
-        match record::next(&data, 0) {
-            Next::Record(payload, _) => {
-                let payload = if moved {
-                    decode_moved(payload).map_or(&[][..], |(_, inner)| inner)
-                } else {
-                    payload
-                };
-                match decode_publish(payload, true) {
-                    Some(DecodedPublish {
-                        message: Some(message),
-                        ..
-                    }) => Ok(message),
-                    _ => Err(corrupt("not a publish record")),
+        let data = match buffered {
+            Some(Some(data)) => data,
+            Some(None) => return Err(corrupt("record past the end of the log")),
+            None => self.read_span(segment, start, u64::from(len))?,
+        };
+        decode_read(&data, moved).map_err(corrupt)
+    }
+
+    /// Reads `len` bytes at `start` of segment `segment` (kept open for further reads).
+    fn read_span(&self, segment: u64, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let name = segment_name(segment);
+        let file = {
+            let mut files = self.readers.lock();
+            match files.get(&segment) {
+                Some(file) => Arc::clone(file),
+                None => {
+                    let file = self
+                        .backend
+                        .open(&name, false)
+                        .map_err(StoreError::io(&name))?;
+                    files.insert(segment, Arc::clone(&file));
+                    file
                 }
             }
-            Next::Bad(reason) => Err(corrupt(reason)),
-            Next::End => Err(corrupt("empty record")),
-        }
+        };
+        let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        file.read_exact_at(&mut data, start)
+            .map_err(StoreError::io(&name))?;
+        Ok(data)
     }
 
     fn reference(&self, kind: u8, queue_id: u64, offset: u64, publish_lsn: u64, release: bool) {
@@ -1773,6 +1888,11 @@ impl Journal {
     /// Reads a logged message back (a paged-out body).
     pub(crate) fn read(&self, lsn: u64, record_len: u32) -> Result<Message, StoreError> {
         self.log.read_publish(lsn, record_len)
+    }
+
+    /// The log this queue writes to (paging reads several bodies back at once from it).
+    pub(crate) fn log(&self) -> &Arc<Log> {
+        &self.log
     }
 
     /// Everything up to this `Lsn` is on stable storage (and so in the file).

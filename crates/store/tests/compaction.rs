@@ -260,53 +260,40 @@ fn moved_records_keep_their_delivered_flag_across_a_clean_restart() {
     assert_eq!(drain(&mut b), vec![("fanout".to_owned(), false)]);
 }
 
-/// A paged-out body whose record compaction moves is read from the copy: from memory before
-/// the copy is written to its file, from the file after the original segment is gone.
-#[test]
-fn paged_out_bodies_follow_their_moved_records() {
-    let backend = MemBackend::new();
-    let (store, _) = open(&backend, 50);
+/// Leaves a closed folder whose first segment holds three ready messages among acked fillers
+/// (so it is compacted at the next open), and reopens it with every body left on disk.
+fn three_paged_out_in_a_sparse_segment(backend: &MemBackend) -> (Store, Queue) {
+    let (store, _) = open(backend, 50);
     let mut queue = store.declare_queue(&queue_def("q")).unwrap();
-    let mut keep = BTreeMap::new();
     for n in 0..3 {
-        let body = format!("kept-{n}");
-        keep.insert(queue.push(message(&body)).offset, body);
+        queue.push(message(&format!("kept-{n}")));
     }
-    // Deliver and ack the fillers only: the kept ones stay ready at the head.
-    for n in 0..40 {
-        queue.push(message(&format!("x-{n}-{}", "f".repeat(300))));
-    }
-    store.sync().unwrap();
-    let fillers: Vec<u64> = {
-        let mut taken = Vec::new();
-        while let Some(delivery) = queue.pop() {
-            taken.push(delivery);
-        }
-        for delivery in &taken {
-            if !keep.contains_key(&delivery.offset) {
-                queue.ack(delivery.offset).unwrap();
-            }
-        }
-        taken
-            .iter()
-            .filter(|delivery| keep.contains_key(&delivery.offset))
-            .map(|delivery| delivery.offset)
-            .collect()
-    };
-    for offset in fillers {
-        queue.requeue(offset);
-    }
-    // Requeued entries hold their bodies; a recovered queue pages them out instead.
+    churn(&mut queue, "x", 40);
     drop(queue);
     store.close().unwrap();
     drop(store);
     let options = options(50).with_recovery_resident_per_queue(0);
     let (store, mut recovery) = Store::open_with(Arc::new(backend.clone()), options).unwrap();
-    let mut queue = take_queue(&mut recovery, "q");
+    let queue = take_queue(&mut recovery, "q");
     assert_eq!(queue.paged_count(), 3);
     // Opening ran a first compaction step: the copies are still in memory, the original is
     // still on disk (it goes once a sync made the copies durable).
-    assert!(segment_files(&backend).contains(&format!("{:016x}.seg", 1)));
+    assert!(segment_files(backend).contains(&format!("{:016x}.seg", 1)));
+    (store, queue)
+}
+
+fn bodies_of(queue: &mut Queue) -> Vec<String> {
+    std::iter::from_fn(|| queue.pop())
+        .map(|delivery| String::from_utf8(delivery.message.body.to_vec()).unwrap())
+        .collect()
+}
+
+/// A paged-out body whose record compaction moves is read from the copy: from memory before
+/// the copy is written to its file, from the file after the original segment is gone.
+#[test]
+fn paged_out_bodies_follow_their_moved_records() {
+    let backend = MemBackend::new();
+    let (store, mut queue) = three_paged_out_in_a_sparse_segment(&backend);
     assert_eq!(
         String::from_utf8(queue.pop().unwrap().message.body.to_vec()).unwrap(),
         "kept-0"
@@ -315,8 +302,20 @@ fn paged_out_bodies_follow_their_moved_records() {
         store.sync().unwrap();
     }
     assert!(!segment_files(&backend).contains(&format!("{:016x}.seg", 1)));
-    let rest: Vec<String> = std::iter::from_fn(|| queue.pop())
-        .map(|delivery| String::from_utf8(delivery.message.body.to_vec()).unwrap())
-        .collect();
-    assert_eq!(rest, vec!["kept-1", "kept-2"]);
+    assert_eq!(bodies_of(&mut queue), vec!["kept-1", "kept-2"]);
+}
+
+/// The same through `page_in`, which reads runs of records with one `pread`.
+#[test]
+fn page_in_reads_moved_records_in_memory_and_on_file() {
+    let backend = MemBackend::new();
+    let (store, mut queue) = three_paged_out_in_a_sparse_segment(&backend);
+    assert_eq!(queue.page_in(1), 1, "a copy still in memory");
+    for _ in 0..4 {
+        store.sync().unwrap();
+    }
+    assert!(!segment_files(&backend).contains(&format!("{:016x}.seg", 1)));
+    assert_eq!(queue.page_in(3), 2, "copies on file, read as one run");
+    assert_eq!(queue.paged_count(), 0);
+    assert_eq!(bodies_of(&mut queue), vec!["kept-0", "kept-1", "kept-2"]);
 }
