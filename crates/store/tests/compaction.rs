@@ -4,7 +4,6 @@
 // Helpers here are test code too: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
