@@ -6,11 +6,12 @@
 
 use std::time::Duration;
 
-use lapin::BasicProperties;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use warren_server::config::User;
-use warren_tests::{Config, RawClient, TestBroker, frame, longstr, method, shortstr, within};
+use warren_tests::{
+    Config, RawClient, TestBroker, frame, longstr, method, publish, shortstr, within,
+};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -217,16 +218,7 @@ async fn memory_alarm_blocks_publishers_until_consumers_free_memory() {
         .unwrap();
     let body = vec![0u8; 16 * 1024];
     for _ in 0..5 {
-        publisher
-            .basic_publish(
-                "".into(),
-                "bp".into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
+        publish(&publisher, "", "bp", &body).await;
     }
     // lapin advertises connection.blocked, so it is told.
     let blocked = within(5, async {

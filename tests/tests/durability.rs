@@ -7,7 +7,7 @@
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, ExchangeKind};
-use warren_tests::{Config, TestBroker, amqp_error, within};
+use warren_tests::{Config, TestBroker, amqp_error, publish, within};
 
 fn durable_config(dir: &std::path::Path) -> Config {
     let mut config = Config::for_tests();
@@ -104,16 +104,7 @@ async fn durable_topology_and_persistent_messages_survive_a_restart() {
         "the two persistent messages, not the transient one"
     );
     // The binding survived too: routing through the recovered exchange still works.
-    channel
-        .basic_publish(
-            "jobs".into(),
-            "job.d".into(),
-            BasicPublishOptions::default(),
-            b"after restart",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+    publish(&channel, "jobs", "job.d", b"after restart").await;
     let mut bodies = Vec::new();
     while let Some(m) = channel
         .basic_get("keep".into(), BasicGetOptions { no_ack: true })

@@ -9,8 +9,8 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 use warren_tests::{
-    RawClient, TestBroker, amqp_error, consume, declare_exclusive, no_ack, publish, publish_with,
-    within,
+    RawClient, TestBroker, amqp_error, consume, declare_exclusive, message_count, no_ack, publish,
+    publish_with, within,
 };
 
 #[tokio::test]
@@ -185,18 +185,7 @@ async fn nack_with_requeue_keeps_the_place_and_sets_redelivered() {
         )
         .await
         .unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(declared.message_count(), 0);
+    assert_eq!(message_count(&channel, &queue).await, 0);
 }
 
 #[tokio::test]
@@ -531,18 +520,7 @@ async fn tx_commit_publishes_and_rollback_discards() {
         .await
         .unwrap();
     channel.tx_commit().await.unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(declared.message_count(), 0);
+    assert_eq!(message_count(&channel, &queue).await, 0);
 }
 
 #[tokio::test]
