@@ -161,6 +161,23 @@ pub async fn consume(
         .expect("basic.consume")
 }
 
+/// The next message in `queue`, taken with `basic.get` (no ack); panics if the queue is empty.
+pub async fn get_message(channel: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .expect("a message")
+}
+
+/// Puts the channel in confirm mode.
+pub async fn confirm_select(channel: &lapin::Channel) {
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+}
+
 /// `basic.consume` options with `no_ack` set (deliveries need no ack).
 pub fn no_ack() -> BasicConsumeOptions {
     BasicConsumeOptions {

@@ -10,7 +10,8 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use warren_server::config::User;
 use warren_tests::{
-    Config, RawClient, TestBroker, frame, longstr, method, publish, shortstr, within,
+    Config, RawClient, TestBroker, declare_queue, frame, get_message, longstr, method, publish,
+    shortstr, within,
 };
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -208,14 +209,7 @@ async fn memory_alarm_blocks_publishers_until_consumers_free_memory() {
     let broker = TestBroker::start_with(config).await;
     let (publisher_conn, publisher) = broker.channel().await;
     let events = publisher_conn.events_listener();
-    publisher
-        .queue_declare(
-            "bp".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_queue(&publisher, "bp").await;
     let body = vec![0u8; 16 * 1024];
     for _ in 0..5 {
         publish(&publisher, "", "bp", &body).await;
@@ -275,10 +269,6 @@ async fn unacked_delivery_past_consumer_timeout_closes_the_channel_and_requeues(
     );
     // The message is back in its queue, flagged redelivered.
     let (_conn, channel) = broker.channel().await;
-    let again = channel
-        .basic_get("slow".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let again = get_message(&channel, "slow").await;
     assert!(again.delivery.redelivered);
 }

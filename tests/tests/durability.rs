@@ -7,7 +7,9 @@
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, ExchangeKind};
-use warren_tests::{Config, TestBroker, amqp_error, publish, within};
+use warren_tests::{
+    Config, TestBroker, amqp_error, confirm_select, declare_queue, publish, within,
+};
 
 fn durable_config(dir: &std::path::Path) -> Config {
     let mut config = Config::for_tests();
@@ -27,10 +29,7 @@ async fn durable_topology_and_persistent_messages_survive_a_restart() {
     {
         let broker = TestBroker::start_with(durable_config(dir.path())).await;
         let (_conn, channel) = broker.channel().await;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        confirm_select(&channel).await;
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -39,14 +38,7 @@ async fn durable_topology_and_persistent_messages_survive_a_restart() {
             .queue_declare("keep".into(), durable, FieldTable::default())
             .await
             .unwrap();
-        channel
-            .queue_declare(
-                "transient".into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        declare_queue(&channel, "transient").await;
         channel
             .exchange_declare(
                 "jobs".into(),
@@ -134,10 +126,7 @@ async fn unacked_persistent_message_comes_back_redelivered_and_deleted_queue_sta
     {
         let broker = TestBroker::start_with(durable_config(dir.path())).await;
         let (_conn, channel) = broker.channel().await;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        confirm_select(&channel).await;
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -291,10 +280,7 @@ async fn message_deadlines_survive_a_restart() {
             .queue_declare("ttl.d".into(), durable, args)
             .await
             .unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        confirm_select(&channel).await;
         let confirm = channel
             .basic_publish(
                 "".into(),
@@ -377,10 +363,7 @@ async fn a_durable_priority_queue_keeps_its_order_across_a_restart() {
     {
         let broker = TestBroker::start_with(durable_config(dir.path())).await;
         let (_conn, channel) = broker.channel().await;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        confirm_select(&channel).await;
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -438,10 +421,7 @@ async fn a_durable_priority_queue_keeps_its_order_across_a_restart() {
     }
     let broker = TestBroker::start_with(durable_config(dir.path())).await;
     let (_conn, channel) = broker.channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()

@@ -10,7 +10,8 @@ use lapin::BasicProperties;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use warren_tests::{
-    TestBroker, consume, declare_exclusive, message_count, no_ack, publish, publish_with, within,
+    TestBroker, consume, declare_exclusive, get_message, message_count, no_ack, publish,
+    publish_with, within,
 };
 
 /// The first message `queue` holds within 5 s (taken with no-ack).
@@ -93,11 +94,7 @@ async fn per_message_expiration_is_honoured() {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let got = channel
-        .basic_get("plain".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let got = get_message(&channel, "plain").await;
     assert_eq!(got.delivery.data, b"stays");
     assert_eq!(got.message_count, 0);
 }

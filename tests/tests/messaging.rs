@@ -9,8 +9,8 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 use warren_tests::{
-    RawClient, TestBroker, amqp_error, consume, declare_exclusive, message_count, no_ack, publish,
-    publish_with, within,
+    RawClient, TestBroker, amqp_error, confirm_select, consume, declare_exclusive, declare_queue,
+    get_message, message_count, no_ack, publish, publish_with, within,
 };
 
 #[tokio::test]
@@ -21,20 +21,12 @@ async fn get_returns_messages_in_order_then_get_empty() {
     for body in [&b"one"[..], b"two"] {
         publish(&channel, "", &queue, body).await;
     }
-    let first = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let first = get_message(&channel, &queue).await;
     assert_eq!(first.delivery.data, b"one");
     assert_eq!(first.message_count, 1);
     assert!(!first.delivery.redelivered);
     assert_eq!(first.delivery.routing_key.as_str(), queue);
-    let second = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let second = get_message(&channel, &queue).await;
     assert_eq!(second.delivery.data, b"two");
     assert_eq!(second.message_count, 0);
     assert!(
@@ -68,11 +60,7 @@ async fn properties_and_body_arrive_unchanged() {
         )
         .await
         .unwrap();
-    let got = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let got = get_message(&channel, &queue).await;
     assert_eq!(got.delivery.properties, props);
     assert_eq!(got.delivery.data, b"payload");
 }
@@ -85,11 +73,7 @@ async fn large_message_is_split_across_frames_both_ways() {
     // 1 MiB + 3: several 128 KiB frames each way, and an uneven last one.
     let body: Vec<u8> = (0..(1 << 20) + 3).map(|i| (i % 251) as u8).collect();
     publish(&channel, "", &queue, &body).await;
-    let got = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let got = get_message(&channel, &queue).await;
     assert_eq!(got.delivery.data.len(), body.len());
     assert!(got.delivery.data == body);
 }
@@ -247,11 +231,7 @@ async fn unacked_messages_return_to_the_queue_when_the_channel_closes() {
     assert_eq!(first.data, b"a");
     let _second = within(5, consumer.next()).await.unwrap().unwrap();
     consumer_channel.close(200, "bye".into()).await.unwrap();
-    let again = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let again = get_message(&channel, &queue).await;
     assert_eq!(again.delivery.data, b"a");
     assert!(again.delivery.redelivered);
     assert_eq!(again.message_count, 1);
@@ -410,10 +390,7 @@ async fn confirms_ack_every_publish_in_order() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
     let queue = declare_exclusive(&channel, "", &[]).await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     let mut confirms = Vec::new();
     for i in 0..50u8 {
         confirms.push(publish_with(&channel, "", &queue, &[i], BasicProperties::default()).await);
@@ -427,10 +404,7 @@ async fn confirms_ack_every_publish_in_order() {
 async fn mandatory_unroutable_is_returned_before_its_confirm() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     let confirm = channel
         .basic_publish(
             "amq.direct".into(),
@@ -461,10 +435,7 @@ async fn mandatory_unroutable_is_returned_before_its_confirm() {
 async fn non_mandatory_unroutable_is_dropped_and_confirmed() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     let confirm = publish_with(
         &channel,
         "amq.direct",
@@ -527,10 +498,7 @@ async fn tx_commit_publishes_and_rollback_discards() {
 async fn confirm_then_tx_is_406() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     let err = channel.tx_select().await.unwrap_err();
     assert_eq!(
         amqp_error(&err),
@@ -571,11 +539,7 @@ async fn cancel_stops_deliveries_and_answers_cancel_ok() {
         .await
         .unwrap();
     publish(&channel, "", &queue, b"2").await;
-    let got = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let got = get_message(&channel, &queue).await;
     assert_eq!(got.delivery.data, b"2");
 }
 
@@ -663,14 +627,7 @@ async fn direct_reply_to_routes_replies_to_the_requesting_channel() {
     let broker = TestBroker::start().await;
     let (_client_conn, client) = broker.channel().await;
     let (_server_conn, server) = broker.channel().await;
-    server
-        .queue_declare(
-            "rpc".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_queue(&server, "rpc").await;
     let mut replies = consume(&client, "amq.rabbitmq.reply-to", "replies", no_ack()).await;
     client
         .basic_publish(
@@ -815,11 +772,7 @@ async fn max_length_drops_the_oldest_messages() {
     for body in [&b"1"[..], b"2", b"3"] {
         publish(&channel, "", "bounded", body).await;
     }
-    let first = channel
-        .basic_get("bounded".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let first = get_message(&channel, "bounded").await;
     assert_eq!(first.delivery.data, b"2");
     assert_eq!(first.message_count, 1);
 }
@@ -840,10 +793,7 @@ async fn reject_publish_overflow_nacks_the_confirm() {
         ],
     )
     .await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     let mut outcomes = Vec::new();
     for body in [&b"kept"[..], b"refused"] {
         let confirm = publish_with(&channel, "", "full", body, BasicProperties::default()).await;
@@ -853,11 +803,7 @@ async fn reject_publish_overflow_nacks_the_confirm() {
         outcomes,
         vec![Confirmation::Ack(None), Confirmation::Nack(None)]
     );
-    let got = channel
-        .basic_get("full".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let got = get_message(&channel, "full").await;
     assert_eq!(got.delivery.data, b"kept");
     assert_eq!(got.message_count, 0);
 }

@@ -8,7 +8,8 @@ use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
 use warren_tests::{
-    RawClient, TestBroker, amqp_error, consume, declare_queue, get_body, publish, within,
+    RawClient, TestBroker, amqp_error, consume, declare_queue, get_body, get_message, publish,
+    within,
 };
 
 #[tokio::test]
@@ -603,11 +604,7 @@ async fn cc_and_bcc_headers_add_routing_keys_and_bcc_is_hidden() {
         .await
         .unwrap();
     for q in ["to", "cc", "bcc"] {
-        let got = channel
-            .basic_get(q.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-            .unwrap();
+        let got = get_message(&channel, q).await;
         assert_eq!(got.delivery.data, b"memo", "{q}");
         let headers = got.delivery.properties.headers().clone().unwrap();
         assert!(headers.inner().contains_key("CC"));
