@@ -5,9 +5,11 @@
 //!    message in 20, which is held until 200,000 messages later), and the disk use it leaves:
 //!    every sealed segment keeps 5% of live records, so compaction runs all the time.
 //!
-//! `cargo run --release -p warren-store --example compaction_figures -- [N] [DIR]` (DIR: where
-//! to put the data folders, default the system's temporary folder; run it under
-//! `flock /work/bench.lock`).
+//! `cargo run --release -p warren-store --example compaction_figures -- [N] [DIR] [ROUNDS]`
+//! (DIR: where to put the data folders, default the system's temporary folder; ROUNDS: how many
+//! times the second figure alternates off and on, default 1; run it under
+//! `flock /work/bench.lock`). The process's CPU time per message is printed too: fdatasync
+//! times on a shared machine vary by several times from run to run, CPU time much less.
 
 // An example is test code: a panic is a failed run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -54,6 +56,19 @@ fn folder_bytes(dir: &Path) -> u64 {
         .unwrap()
         .map(|entry| entry.unwrap().metadata().unwrap().len())
         .sum()
+}
+
+/// User plus system CPU time of this process, in seconds (from /proc; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and stime are 12 and 13.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|index| fields.get(*index)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -117,6 +132,7 @@ fn scattered(root: &Path, count: usize, compact_below: u8) {
     let body = message();
     let mut held = VecDeque::new();
     let mut max_disk = 0;
+    let cpu_started = cpu_seconds();
     let started = Instant::now();
     let mut sync_time = Duration::ZERO;
     let mut n = 0usize;
@@ -145,12 +161,14 @@ fn scattered(root: &Path, count: usize, compact_below: u8) {
         }
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_seconds() - cpu_started;
     let end_disk = folder_bytes(dir.path());
     println!(
         "{count} x 1 KiB, 1 in 20 held for 200k messages, compaction {compact_below}%: \
-         {:.0} msg/s, {:.1} us per fdatasync+step, disk peak {:.0} MiB, at end {:.0} MiB \
+         {:.0} msg/s, {:.2} us CPU per message, {:.1} us per fdatasync+step, disk peak {:.0} MiB, at end {:.0} MiB \
          (live: 10,000 held = {:.0} MiB)",
         count as f64 / elapsed.as_secs_f64(),
+        cpu * 1e6 / count as f64,
         sync_time.as_secs_f64() * 1e6 / (count / 100) as f64,
         mib(max_disk),
         mib(end_disk),
@@ -166,10 +184,18 @@ fn main() {
     let root = std::env::args()
         .nth(2)
         .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
-    for compact_below in [0, 50] {
-        one_long_lived(&root, count, compact_below);
+    let rounds: usize = std::env::args()
+        .nth(3)
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(1);
+    if std::env::var_os("WARREN_FIGURES_SKIP_LONG_LIVED").is_none() {
+        for compact_below in [0, 50] {
+            one_long_lived(&root, count, compact_below);
+        }
     }
-    for compact_below in [0, 50] {
-        scattered(&root, count, compact_below);
+    for _ in 0..rounds {
+        for compact_below in [0, 50] {
+            scattered(&root, count, compact_below);
+        }
     }
 }

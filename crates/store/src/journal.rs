@@ -304,6 +304,10 @@ struct Writer {
     sync_waiting: bool,
     /// Length of the last record appended, header included.
     last_record_len: u32,
+    /// Bytes appended since the log was opened (paces compaction steps).
+    appended_bytes: u64,
+    /// `appended_bytes` when the last compaction step ended.
+    step_mark: u64,
     /// Records copied forward by compaction: identity (original `Lsn`) to where the copy ends.
     /// Only entries some queue still needs are kept.
     moved: OffsetMap<u64>,
@@ -479,6 +483,7 @@ impl Writer {
         record::finish(&mut self.current.bytes, mark);
         let record_len = (self.current.bytes.len() - mark) as u64;
         self.last_record_len = u32::try_from(record_len).unwrap_or(u32::MAX);
+        self.appended_bytes += record_len;
         let start = self.current.start + mark as u64;
         if start + record_len > options.segment_size && start > SEGMENT_HEADER_LEN {
             let record = self.current.bytes.split_off(mark);
@@ -911,6 +916,8 @@ impl Log {
             handed_out: make_lsn(current, SEGMENT_HEADER_LEN),
             sync_waiting: false,
             last_record_len: 0,
+            appended_bytes: 0,
+            step_mark: 0,
             moved,
             moved_to,
             holds: BTreeMap::new(),

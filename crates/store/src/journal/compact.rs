@@ -13,7 +13,9 @@
 //! The work is bounded: each sync of the broker's sync thread reads at most
 //! [`StoreOptions::compact_step_bytes`](super::StoreOptions) of the segment being compacted and
 //! copies its live records, taking the writer lock once per record, so publishers keep
-//! appending meanwhile and the next fsync is delayed by one step at most.
+//! appending meanwhile and the next fsync is delayed by one step at most. Under load a step
+//! reads at most twice what was appended since the previous one (at least 64 KiB), so the cost
+//! per sync stays in proportion to the traffic while compaction still keeps up with it.
 
 use std::collections::BTreeSet;
 
@@ -22,6 +24,9 @@ use super::{
     MOVED_OVERHEAD, SEGMENT_HEADER_LEN, decode_moved, make_lsn, segment_name, segment_of,
 };
 use crate::error::StoreError;
+
+/// Bytes appended between two steps below which the log counts as lightly loaded.
+const LIGHT_LOAD: u64 = 64 << 10;
 use crate::record::{self, Next};
 
 impl Log {
@@ -61,8 +66,18 @@ impl Log {
         if self.volatile || self.options.compact_below_percent == 0 {
             return;
         }
-        let (segment, from, len) = {
+        let (segment, from, len, budget) = {
             let mut writer = self.writer.lock();
+            // Under load, read at most twice what publishers appended since the last step: that
+            // keeps up with a log whose every segment turns sparse, and costs each sync in
+            // proportion. With little traffic the step takes its whole budget.
+            let appended = writer.appended_bytes - writer.step_mark;
+            let full = self.options.compact_step_bytes as u64;
+            let budget = if appended < LIGHT_LOAD {
+                full
+            } else {
+                (2 * appended).clamp(LIGHT_LOAD.min(full), full)
+            };
             let (segment, from) = match writer.compacting {
                 Some(at) => at,
                 None => match self.pick_candidate(&writer) {
@@ -75,9 +90,15 @@ impl Log {
                 return;
             };
             writer.compacting = Some((segment, from));
-            (segment, from, len)
+            (segment, from, len, budget)
         };
-        match self.copy_chunk(segment, from, len) {
+        let result = self.copy_chunk(segment, from, len, budget);
+        {
+            // The copies just made do not count as traffic.
+            let mut writer = self.writer.lock();
+            writer.step_mark = writer.appended_bytes;
+        }
+        match result {
             Ok(Some(next)) => {
                 self.writer.lock().compacting = Some((segment, next));
             }
@@ -112,7 +133,13 @@ impl Log {
     /// Copies the live records (and the acks that still matter) of `segment` found from
     /// position `from` on, reading about one step's worth; returns where to continue, or `None`
     /// at the end of the segment.
-    fn copy_chunk(&self, segment: u64, from: u64, len: u64) -> Result<Option<u64>, StoreError> {
+    fn copy_chunk(
+        &self,
+        segment: u64,
+        from: u64,
+        len: u64,
+        budget: u64,
+    ) -> Result<Option<u64>, StoreError> {
         let name = segment_name(segment);
         let file = self
             .backend
@@ -128,9 +155,7 @@ impl Log {
             + u64::from(u32::from_le_bytes([
                 header[0], header[1], header[2], header[3],
             ]));
-        let want = (self.options.compact_step_bytes as u64)
-            .max(first)
-            .min(len - from);
+        let want = budget.max(first).min(len - from);
         let mut data = vec![0u8; usize::try_from(want).unwrap_or(0)];
         file.read_exact_at(&mut data, from)
             .map_err(StoreError::io(&name))?;
