@@ -15,6 +15,7 @@
 //! holds vhosts and their topology; `queue` holds each queue's messages and consumers behind
 //! its own lock; `memory` is the back-pressure account; `config` and `auth` are start-up.
 
+pub mod arguments;
 pub mod auth;
 pub mod broker;
 pub mod channel;
