@@ -557,6 +557,7 @@ async fn redeclare(
             Q.into(),
             QueueDeclareOptions {
                 durable: first_flags.durable,
+                exclusive: first_flags.exclusive,
                 auto_delete: first_flags.auto_delete,
                 ..Default::default()
             },
@@ -707,6 +708,43 @@ async fn redeclare_with_other_arguments_answers_as_rabbitmq_3_10() {
             (DURABLE, table(&[("x-message-ttl", int(1))])),
             plain(&[("x-message-ttl", int(2))]),
             "406 PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'qargs-q' in vhost '/': received 'false' but current is 'true'",
+        ),
+        (
+            "exclusive queues are never durable",
+            (
+                Flags {
+                    exclusive: true,
+                    ..DURABLE
+                },
+                table(&[]),
+            ),
+            (
+                Flags {
+                    exclusive: true,
+                    ..PLAIN
+                },
+                table(&[]),
+            ),
+            "ok",
+        ),
+        (
+            "exclusive: auto_delete still compared",
+            (
+                Flags {
+                    exclusive: true,
+                    ..DURABLE
+                },
+                table(&[]),
+            ),
+            (
+                Flags {
+                    exclusive: true,
+                    auto_delete: true,
+                    durable: true,
+                },
+                table(&[]),
+            ),
+            "406 PRECONDITION_FAILED - inequivalent arg 'auto_delete' for queue 'qargs-q' in vhost '/': received 'true' but current is 'false'",
         ),
         (
             "auto_delete differs",

@@ -733,10 +733,14 @@ impl VHost {
         queue: &QueueEntity,
         declare: &QueueDeclare,
     ) -> Result<(), AmqpError> {
+        // RabbitMQ makes an exclusive queue non-durable, so an exclusive redeclare matches
+        // whatever `durable` either declare said.
+        let mut received = self.declared(declare);
+        received.durable = declare.durable && !declare.exclusive;
         crate::arguments::check_equivalent(
-            &self.declared(declare),
+            &received,
             queue.queue_type,
-            queue.durable,
+            queue.durable && queue.exclusive_owner.is_none(),
             queue.auto_delete,
             &queue.arguments,
         )
