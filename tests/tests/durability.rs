@@ -333,3 +333,147 @@ async fn message_deadlines_survive_a_restart() {
         0
     );
 }
+
+/// Publishes persistent messages with these priorities to `queue`, waiting for each confirm.
+async fn publish_prioritized(
+    channel: &lapin::Channel,
+    queue: &str,
+    messages: &[(&str, Option<u8>)],
+) {
+    for (body, priority) in messages {
+        let mut props = persistent();
+        if let Some(p) = priority {
+            props = props.with_priority(*p);
+        }
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await
+            .unwrap();
+        assert_eq!(within(5, confirm).await.unwrap(), Confirmation::Ack(None));
+    }
+}
+
+/// Reads the queue empty with basic.get: (body, redelivered).
+async fn get_all(channel: &lapin::Channel, queue: &str) -> Vec<(String, bool)> {
+    let mut got = Vec::new();
+    while let Some(m) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        got.push((
+            String::from_utf8(m.delivery.data).unwrap(),
+            m.delivery.redelivered,
+        ));
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_priority_queue_keeps_its_order_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-max-priority".into(),
+        lapin::types::AMQPValue::ShortShortUInt(5),
+    );
+    {
+        let broker = TestBroker::start_with(durable_config(dir.path())).await;
+        let (_conn, channel) = broker.channel().await;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare("prio.d".into(), durable, args.clone())
+            .await
+            .unwrap();
+        publish_prioritized(
+            &channel,
+            "prio.d",
+            &[
+                ("none-1", None),
+                ("three-1", Some(3)),
+                ("five-1", Some(5)),
+                ("one-1", Some(1)),
+                ("capped", Some(200)),
+                ("three-2", Some(3)),
+                ("none-2", Some(0)),
+                ("five-2", Some(5)),
+            ],
+        )
+        .await;
+        // Before the restart the order is already by priority ("capped" has priority 5):
+        // "five-1" is taken and not acked, "capped" is taken and acked.
+        let taken = channel
+            .basic_get("prio.d".into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(taken.delivery.data, b"five-1");
+        let acked = channel
+            .basic_get("prio.d".into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(acked.delivery.data, b"capped");
+        channel
+            .basic_ack(acked.delivery.delivery_tag, BasicAckOptions::default())
+            .await
+            .unwrap();
+        // A round trip, so the ack is handled before the broker stops.
+        channel
+            .queue_declare(
+                "prio.d".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        broker.broker.shutdown().await;
+    }
+    let broker = TestBroker::start_with(durable_config(dir.path())).await;
+    let (_conn, channel) = broker.channel().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare("prio.d".into(), passive, FieldTable::default())
+        .await
+        .unwrap();
+    assert_eq!(declared.message_count(), 7);
+    // New messages take their place among the recovered ones.
+    publish_prioritized(&channel, "prio.d", &[("four", Some(4)), ("none-3", None)]).await;
+    assert_eq!(
+        get_all(&channel, "prio.d").await,
+        [
+            ("five-1".to_string(), true),
+            ("five-2".to_string(), false),
+            ("four".to_string(), false),
+            ("three-1".to_string(), false),
+            ("three-2".to_string(), false),
+            ("one-1".to_string(), false),
+            ("none-1".to_string(), false),
+            ("none-2".to_string(), false),
+            ("none-3".to_string(), false),
+        ]
+    );
+}

@@ -44,6 +44,23 @@ async fn count(channel: &lapin::Channel, name: &str) -> u32 {
         .message_count()
 }
 
+/// The first message `queue` holds within 5 s (taken with no-ack).
+async fn get_within_5s(channel: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    within(5, async {
+        loop {
+            if let Some(m) = channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 fn death(headers: &FieldTable) -> (String, String, i64) {
     let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
         panic!("no x-death in {headers:?}");
@@ -164,19 +181,7 @@ async fn rejected_message_is_dead_lettered_with_x_death() {
         )
         .await
         .unwrap();
-    let dead = within(5, async {
-        loop {
-            if let Some(m) = channel
-                .basic_get("dead".into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let dead = get_within_5s(&channel, "dead").await;
     assert_eq!(dead.delivery.data, b"bad job");
     assert_eq!(dead.delivery.routing_key.as_str(), "dead");
     let headers = dead.delivery.properties.headers().clone().unwrap();
@@ -266,19 +271,7 @@ async fn dropped_head_is_dead_lettered_as_maxlen() {
             .await
             .unwrap();
     }
-    let dead = within(5, async {
-        loop {
-            if let Some(m) = channel
-                .basic_get("overflow".into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let dead = get_within_5s(&channel, "overflow").await;
     assert_eq!(dead.delivery.data, b"old");
     assert_eq!(
         death(&dead.delivery.properties.headers().clone().unwrap()).0,
@@ -310,4 +303,179 @@ async fn unused_queue_expires_with_x_expires() {
         .await
         .unwrap_err();
     assert_eq!(warren_tests::amqp_error(&err).map(|e| e.0), Some(404));
+}
+
+async fn publish_with_expiration(
+    channel: &lapin::Channel,
+    queue: &str,
+    body: &str,
+    ttl: Option<u32>,
+) {
+    let mut props = BasicProperties::default();
+    if let Some(ttl) = ttl {
+        props = props.with_expiration(ttl.to_string().into());
+    }
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            props,
+        )
+        .await
+        .unwrap();
+}
+
+fn dead_lettered_to(target: &str) -> [(&'static str, AMQPValue); 2] {
+    [
+        ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+        (
+            "x-dead-letter-routing-key",
+            AMQPValue::LongString(target.into()),
+        ),
+    ]
+}
+
+// Warren goes further than RabbitMQ here: RabbitMQ expires only at the head of a queue, so these
+// messages would wait behind the ones that do not expire (docs/compatibility.md).
+#[tokio::test]
+async fn messages_expire_wherever_they_sit_in_deadline_order() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    declare(&channel, "mixed.dead", &[]).await;
+    declare(&channel, "mixed", &dead_lettered_to("mixed.dead")).await;
+    let mut dead = channel
+        .basic_consume(
+            "mixed.dead".into(),
+            "dead".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let sent = tokio::time::Instant::now();
+    for (body, ttl) in [
+        ("a-none", None),
+        ("b-900", Some(900)),
+        ("c-300", Some(300)),
+        ("d-none", None),
+        ("e-600", Some(600)),
+        ("f-300", Some(300)),
+        ("g-long", Some(60_000)),
+    ] {
+        publish_with_expiration(&channel, "mixed", body, ttl).await;
+    }
+    assert_eq!(count(&channel, "mixed").await, 7);
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let delivery = within(5, dead.next()).await.unwrap().unwrap();
+        let headers = delivery.properties.headers().clone().unwrap();
+        assert_eq!(death(&headers), ("expired".into(), "mixed".into(), 1));
+        order.push(String::from_utf8(delivery.data).unwrap());
+        if order.len() == 2 {
+            // The two 300 ms messages died by themselves, behind "a-none", and the queue's
+            // count says so.
+            assert!(sent.elapsed() >= std::time::Duration::from_millis(300));
+            assert!(count(&channel, "mixed").await <= 5);
+        }
+    }
+    assert_eq!(order, ["c-300", "f-300", "e-600", "b-900"]);
+    assert_eq!(count(&channel, "mixed").await, 3);
+    let mut left = Vec::new();
+    while let Some(m) = channel
+        .basic_get("mixed".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        left.push(String::from_utf8(m.delivery.data).unwrap());
+    }
+    assert_eq!(left, ["a-none", "d-none", "g-long"]);
+}
+
+#[tokio::test]
+async fn an_expired_message_never_reaches_a_consumer_or_basic_get() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    declare(&channel, "held", &[]).await;
+    for (body, ttl) in [("hold", None), ("x-200", Some(200)), ("y", None)] {
+        publish_with_expiration(&channel, "held", body, ttl).await;
+    }
+    channel
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            "held".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let hold = within(5, consumer.next()).await.unwrap().unwrap();
+    assert_eq!(hold.data, b"hold");
+    // "x-200" expires while the consumer has no credit left.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(count(&channel, "held").await, 1, "only y is left");
+    hold.ack(BasicAckOptions::default()).await.unwrap();
+    let next = within(5, consumer.next()).await.unwrap().unwrap();
+    assert_eq!(next.data, b"y");
+    next.ack(BasicAckOptions::default()).await.unwrap();
+
+    // basic.get: a short-lived message behind a long-lived one is gone when its turn comes.
+    declare(&channel, "polled", &[]).await;
+    for (body, ttl) in [("long", Some(60_000)), ("short", Some(100)), ("none", None)] {
+        publish_with_expiration(&channel, "polled", body, ttl).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    while let Some(m) = channel
+        .basic_get("polled".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        got.push((String::from_utf8(m.delivery.data).unwrap(), m.message_count));
+    }
+    assert_eq!(got, [("long".to_string(), 1), ("none".to_string(), 0)]);
+}
+
+#[tokio::test]
+async fn a_low_priority_message_expires_behind_higher_priorities() {
+    let broker = TestBroker::start().await;
+    let (_conn, channel) = broker.channel().await;
+    declare(&channel, "prio.dead", &[]).await;
+    let [dlx, key] = dead_lettered_to("prio.dead");
+    declare(
+        &channel,
+        "prio.ttl",
+        &[dlx, key, ("x-max-priority", AMQPValue::ShortShortUInt(3))],
+    )
+    .await;
+    for (body, priority, ttl) in [
+        ("high", 3u8, None),
+        ("low-short", 0, Some(150u32)),
+        ("mid", 2, None),
+    ] {
+        let props = BasicProperties::default()
+            .with_priority(priority)
+            .with_expiration(ttl.map_or("600000".to_string(), |t| t.to_string()).into());
+        channel
+            .basic_publish(
+                "".into(),
+                "prio.ttl".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await
+            .unwrap();
+    }
+    let dead = get_within_5s(&channel, "prio.dead").await;
+    assert_eq!(dead.delivery.data, b"low-short");
+    assert_eq!(count(&channel, "prio.ttl").await, 2);
 }

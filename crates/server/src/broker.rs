@@ -21,6 +21,7 @@ use warren_router::{
 };
 
 use crate::config::Config;
+use crate::disk::DiskMonitor;
 use crate::error::{AmqpError, ChannelError, ConnectionError};
 use crate::memory::MemoryMonitor;
 use crate::queue::QueueEntity;
@@ -33,6 +34,8 @@ pub struct Broker {
     vhosts: HashMap<String, Arc<VHost>>,
     /// Bytes held by queues, and the memory alarm.
     pub memory: Arc<MemoryMonitor>,
+    /// Free disk space and store write failures, and the disk alarm.
+    pub disk: Arc<DiskMonitor>,
     /// Source of connection ids (exclusive queue owners, log lines).
     next_connection_id: AtomicU64,
     /// The durable store and its sync thread; `None` with `--ephemeral`.
@@ -88,11 +91,20 @@ impl Broker {
     /// messages) and bindings are declared again.
     pub fn new(config: Arc<Config>) -> Result<Self, OpenError> {
         let memory = Arc::new(MemoryMonitor::new(config.limits.memory_high_watermark));
+        let disk = Arc::new(DiskMonitor::new(
+            config.data_dir.clone(),
+            config.limits.disk_free_limit,
+        ));
         let mut recovery = None;
         let durable = if config.ephemeral {
             None
         } else {
-            let (store, recovered) = Store::open(&config.data_dir)?;
+            let (store, recovered) = match &config.store_backend {
+                Some(backend) => {
+                    Store::open_with(Arc::clone(backend), warren_store::StoreOptions::default())?
+                }
+                None => Store::open(&config.data_dir)?,
+            };
             let report = recovered.report;
             tracing::info!(
                 data_dir = %config.data_dir.display(),
@@ -102,7 +114,7 @@ impl Broker {
                 "store opened"
             );
             recovery = Some(recovered);
-            Some(Durable::start(Arc::new(store)))
+            Some(Durable::start(Arc::new(store), Arc::clone(&disk)))
         };
         let store = durable.as_ref().map(|d| Arc::clone(&d.store));
         let vhosts: HashMap<String, Arc<VHost>> = config
@@ -124,6 +136,7 @@ impl Broker {
             config,
             vhosts,
             memory,
+            disk,
             next_connection_id: AtomicU64::new(1),
             durable,
             handshaking: parking_lot::Mutex::new(HashMap::new()),
@@ -161,6 +174,17 @@ impl Broker {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Why publishers are blocked now, as `connection.blocked` says it (RabbitMQ's texts);
+    /// `None` when no resource alarm is on.
+    pub fn alarm_reason(&self) -> Option<&'static str> {
+        match (self.memory.alarm(), self.disk.alarm()) {
+            (false, false) => None,
+            (true, false) => Some("low on memory"),
+            (false, true) => Some("low on disk"),
+            (true, true) => Some("low on memory & disk"),
+        }
+    }
+
     /// What the sync thread reported last; `None` with `--ephemeral`.
     pub fn sync_state(&self) -> Option<watch::Receiver<SyncState>> {
         self.durable.as_ref().map(|d| d.state.clone())
@@ -191,8 +215,9 @@ impl Drop for Broker {
 
 impl Durable {
     /// Starts the sync thread: it waits for appended records, fdatasyncs them all at once
-    /// (group commit) and publishes the durable position for the channels' confirms.
-    fn start(store: Arc<Store>) -> Durable {
+    /// (group commit) and publishes the durable position for the channels' confirms. A failed
+    /// sync nacks the confirms it may have lost and holds the disk alarm until a sync works.
+    fn start(store: Arc<Store>, disk: Arc<DiskMonitor>) -> Durable {
         let (tx, state) = watch::channel(SyncState::default());
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -204,6 +229,7 @@ impl Durable {
                     while !stop.load(Ordering::Acquire) {
                         match store.wait_and_sync(Duration::from_millis(50)) {
                             Ok(Some(synced)) => {
+                                disk.set_store_failing(false);
                                 tx.send_modify(|state| state.synced = state.synced.max(synced));
                             }
                             Ok(None) => {
@@ -218,6 +244,7 @@ impl Durable {
                             }
                             Err(failed) => {
                                 tracing::error!(error = %failed, "sync failed: nacking confirms");
+                                disk.set_store_failing(true);
                                 tx.send_modify(|state| state.failed = failed.upto);
                                 std::thread::sleep(Duration::from_millis(100));
                             }

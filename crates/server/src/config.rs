@@ -31,6 +31,11 @@ pub struct Config {
     pub vhosts: Vec<String>,
     /// Users that may only log in from a loopback address (RabbitMQ's `loopback_users`).
     pub loopback_users: Vec<String>,
+    /// Tests only: open the store on this backend (e.g. a `warren_store::MemBackend` that can
+    /// fail writes as a full disk does) instead of files in `data_dir`, which is then only
+    /// measured for free space. `None` (the default, and the only value the binary uses) is the
+    /// real data folder.
+    pub store_backend: Option<std::sync::Arc<dyn warren_store::Backend>>,
 }
 
 /// Limits negotiated with clients or enforced on them.
@@ -47,6 +52,9 @@ pub struct Limits {
     pub max_message_size: u64,
     /// Bytes of message bodies held in queues above which publishers are blocked.
     pub memory_high_watermark: u64,
+    /// Free bytes on the data folder's file system below which publishers are blocked
+    /// (RabbitMQ's `disk_free_limit`, 50 MB by default; 0 disables the check).
+    pub disk_free_limit: u64,
     /// Time a client has to finish the handshake (start-ok, tune-ok, open).
     pub handshake_timeout: Duration,
     /// Connections accepted at once; further ones wait in the kernel's accept queue.
@@ -94,6 +102,7 @@ impl Default for Limits {
             heartbeat: 60,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             memory_high_watermark: 2 * 1024 * 1024 * 1024,
+            disk_free_limit: crate::disk::DEFAULT_DISK_FREE_LIMIT,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 65_536,
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
@@ -128,6 +137,7 @@ impl Default for Config {
             }],
             vhosts: vec!["/".to_owned()],
             loopback_users: vec!["guest".to_owned()],
+            store_backend: None,
         }
     }
 }
@@ -180,6 +190,7 @@ struct FileLimits {
     heartbeat: Option<u16>,
     max_message_size: Option<u64>,
     memory_high_watermark: Option<u64>,
+    disk_free_limit: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     consumer_timeout_ms: Option<u64>,
@@ -297,6 +308,9 @@ fn apply_file(mut cfg: Config, file: FileConfig) -> Result<Config, ConfigError> 
         if let Some(v) = limits.memory_high_watermark {
             l.memory_high_watermark = v;
         }
+        if let Some(v) = limits.disk_free_limit {
+            l.disk_free_limit = v;
+        }
         if let Some(v) = limits.handshake_timeout_ms {
             l.handshake_timeout = Duration::from_millis(v);
         }
@@ -408,6 +422,10 @@ mod tests {
         let cfg = load_file(&path).unwrap();
         assert_eq!(cfg.limits.frame_max, 131_072);
         assert_eq!(cfg.limits.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(
+            cfg.limits.disk_free_limit,
+            crate::disk::DEFAULT_DISK_FREE_LIMIT
+        );
         assert!(cfg.users.iter().any(|u| u.name == "guest"));
         assert!(cfg.vhosts.iter().any(|v| v == "/"));
     }

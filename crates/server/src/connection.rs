@@ -121,7 +121,7 @@ pub struct Connection {
     outbox: Arc<Outbox>,
     /// Exclusive queues declared on this connection, deleted when it closes.
     exclusive_queues: Vec<Arc<crate::queue::QueueEntity>>,
-    /// Whether this connection published (only publishers are blocked by the memory alarm).
+    /// Whether this connection published (only publishers are blocked by resource alarms).
     has_published: bool,
     /// Whether we told the client it is blocked.
     sent_blocked: bool,
@@ -236,6 +236,7 @@ impl Connection {
         self.send_start();
 
         let mut alarm = self.broker.memory.subscribe();
+        let mut disk_alarm = self.broker.disk.subscribe();
         let mut pending: Vec<Outbound> = Vec::new();
         let mut last_read = Instant::now();
         let mut last_write = Instant::now();
@@ -254,7 +255,9 @@ impl Connection {
             }
 
             let blocked = self.sent_blocked
-                || (self.has_published && self.broker.memory.alarm() && self.phase == Phase::Open);
+                || (self.has_published
+                    && self.broker.alarm_reason().is_some()
+                    && self.phase == Phase::Open);
             let can_read = !self.read_closed && !blocked;
             let heartbeat = Duration::from_secs(u64::from(self.heartbeat));
             let heartbeat_on = self.heartbeat != 0 && self.phase == Phase::Open;
@@ -310,6 +313,7 @@ impl Connection {
                 }
                 _ = self.outbox.notify.notified() => {}
                 _ = alarm.changed() => {}
+                _ = disk_alarm.changed() => {}
                 changed = async {
                     match self.sync.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -796,24 +800,28 @@ impl Connection {
         }
     }
 
-    /// Sends `connection.blocked` / `unblocked` as the memory alarm changes, to clients that
-    /// advertise the capability, and only once they published (as RabbitMQ does).
+    /// Sends `connection.blocked` / `unblocked` as the memory and disk alarms change, to
+    /// clients that advertise the capability, and only once they published (as RabbitMQ does):
+    /// one `blocked` when the first alarm is raised, one `unblocked` when all have cleared.
     fn update_blocked(&mut self) {
         if self.phase != Phase::Open {
             return;
         }
-        let alarm = self.broker.memory.alarm();
-        if alarm && self.has_published && !self.sent_blocked {
+        let alarm = self.broker.alarm_reason();
+        if let Some(reason) = alarm
+            && self.has_published
+            && !self.sent_blocked
+        {
             self.sent_blocked = true;
             if self.caps.connection_blocked {
                 self.out.method(
                     0,
                     m::ConnectionBlocked {
-                        reason: ShortString::from_static("low on memory"),
+                        reason: ShortString::from_static(reason),
                     },
                 );
             }
-        } else if !alarm && self.sent_blocked {
+        } else if alarm.is_none() && self.sent_blocked {
             self.sent_blocked = false;
             if self.caps.connection_blocked {
                 self.out.method(0, m::ConnectionUnblocked {});

@@ -1,58 +1,62 @@
-//! A priority queue's messages (`x-max-priority`): one `warren_store::Queue` per priority
-//! level, the highest non-empty level served first, FIFO within a level. A queue without
-//! priorities has one level, so the common case costs one bounds-checked index.
+//! A queue's messages by priority level (`x-max-priority`): one `warren_store::Queue` per
+//! level, made by `Queue::into_levels`, the highest non-empty level served first, FIFO within a
+//! level. A queue without priorities has one level, so the common case costs one
+//! bounds-checked index.
 //!
-//! Offsets handed out are the store queue's offset with the level in the top byte, so the
-//! channel's `(queue, offset)` unacked entries need no change.
+//! The store numbers each level's offsets with the level in the top byte, so an offset alone
+//! says which level acks and requeues go to, the channel's `(queue, offset)` unacked entries need
+//! no change, and a durable priority queue comes back from the log with every message in its
+//! level.
 
 use std::sync::Arc;
 
-use warren_store::{Delivery, Message, Pushed, Queue};
-
-/// The level is kept above this bit of an offset; store offsets never get near 2^56.
-const LEVEL_SHIFT: u32 = 56;
-const OFFSET_MASK: u64 = (1 << LEVEL_SHIFT) - 1;
+use warren_store::{Delivery, Expired, Message, Pushed, Queue, level_of_offset};
 
 /// Messages by priority level.
 #[derive(Default)]
 pub struct Levels {
     /// Index = priority; never empty.
     levels: Vec<Queue>,
+    /// The soonest expiry deadline over all levels (`u64::MAX`: none), kept here so that a queue
+    /// with 256 levels does not look at each of them on every dispatch. Never later than the
+    /// true soonest; it may be earlier (a message delivered meanwhile).
+    next_expiry: u64,
 }
 
 impl Levels {
-    /// One level holding `queue` (a queue without priorities, or a durable one).
-    pub fn single(queue: Queue) -> Self {
-        Levels {
-            levels: vec![queue],
-        }
-    }
-
-    /// `max_priority + 1` empty transient levels.
-    pub fn with_max_priority(max_priority: u8) -> Self {
-        Levels {
-            levels: (0..=max_priority).map(|_| Queue::new()).collect(),
-        }
+    /// `queue` as is (`max_priority` is `None`), or split into `max_priority + 1` levels (a new
+    /// queue, or a durable one recovered from the store with its messages in their levels).
+    pub fn new(queue: Queue, max_priority: Option<u8>) -> Self {
+        let levels = match max_priority {
+            Some(max) => queue.into_levels(usize::from(max) + 1),
+            None => vec![queue],
+        };
+        let mut levels = Levels {
+            levels,
+            next_expiry: u64::MAX,
+        };
+        levels.recompute_next_expiry();
+        levels
     }
 
     fn level_of(&self, message: &Message) -> usize {
         usize::from(message.priority.unwrap_or(0)).min(self.levels.len().saturating_sub(1))
     }
 
-    fn tag(level: usize, mut delivery: Delivery) -> Delivery {
-        delivery.offset |= (level as u64) << LEVEL_SHIFT;
-        delivery
-    }
-
-    fn split(offset: u64) -> (usize, u64) {
-        (
-            usize::try_from(offset >> LEVEL_SHIFT).unwrap_or(0),
-            offset & OFFSET_MASK,
-        )
+    fn recompute_next_expiry(&mut self) {
+        self.next_expiry = self
+            .levels
+            .iter()
+            .filter_map(Queue::next_expiry)
+            .min()
+            .unwrap_or(u64::MAX);
     }
 
     /// Appends a message at the tail of its priority level.
     pub fn push(&mut self, message: Arc<Message>) -> Pushed {
+        if let Some(deadline) = message.expires_at_ms {
+            self.next_expiry = self.next_expiry.min(deadline);
+        }
         let level = self.level_of(&message);
         match self.levels.get_mut(level) {
             Some(queue) => queue.push(message),
@@ -60,54 +64,65 @@ impl Levels {
         }
     }
 
+    /// The highest level with a ready message.
+    fn first_ready(&mut self) -> Option<&mut Queue> {
+        self.levels.iter_mut().rev().find(|q| q.ready_count() > 0)
+    }
+
     /// The next ready message, kept as unacked.
     pub fn pop(&mut self) -> Option<Delivery> {
-        let (level, queue) = self
-            .levels
-            .iter_mut()
-            .enumerate()
-            .rev()
-            .find(|(_, q)| q.ready_count() > 0)?;
-        queue.pop().map(|d| Self::tag(level, d))
+        self.first_ready()?.pop()
     }
 
     /// The next ready message, forgotten at once.
     pub fn pop_no_ack(&mut self) -> Option<Delivery> {
-        let (level, queue) = self
-            .levels
-            .iter_mut()
-            .enumerate()
-            .rev()
-            .find(|(_, q)| q.ready_count() > 0)?;
-        queue.pop_no_ack().map(|d| Self::tag(level, d))
+        self.first_ready()?.pop_no_ack()
     }
 
-    /// The next ready message without taking it.
-    pub fn peek(&mut self) -> Option<(Arc<Message>, bool)> {
-        self.levels
-            .iter_mut()
-            .rev()
-            .find(|q| q.ready_count() > 0)?
-            .peek()
+    /// The soonest deadline of a ready message (see the field's doc), if any.
+    pub fn next_expiry(&self) -> Option<u64> {
+        (self.next_expiry != u64::MAX).then_some(self.next_expiry)
+    }
+
+    /// Takes out every ready message due at `now_ms`, in any level and wherever it sits
+    /// (`Queue::expire`), soonest deadline first within a level, higher levels first.
+    pub fn expire(&mut self, now_ms: u64, read_back: bool) -> Vec<Expired> {
+        if self.next_expiry > now_ms {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        for queue in self.levels.iter_mut().rev() {
+            if queue.next_expiry().is_some_and(|at| at <= now_ms) {
+                expired.extend(queue.expire(now_ms, read_back));
+            }
+        }
+        self.recompute_next_expiry();
+        expired
     }
 
     /// Forgets an unacked message.
     pub fn ack(&mut self, offset: u64) -> Option<Arc<Message>> {
-        let (level, offset) = Self::split(offset);
-        self.levels.get_mut(level)?.ack(offset)
+        self.levels.get_mut(level_of_offset(offset))?.ack(offset)
     }
 
     /// Puts an unacked message back at its place in its level.
     pub fn requeue(&mut self, offset: u64) -> bool {
-        let (level, offset) = Self::split(offset);
-        self.levels
-            .get_mut(level)
-            .is_some_and(|q| q.requeue(offset))
+        let requeued = self
+            .levels
+            .get_mut(level_of_offset(offset))
+            .is_some_and(|q| q.requeue(offset));
+        if requeued {
+            // It may carry a deadline again (unacked messages are not in the expiry index).
+            self.recompute_next_expiry();
+        }
+        requeued
     }
 
     /// Drops every ready message; returns how many.
     pub fn purge(&mut self) -> u64 {
-        self.levels.iter_mut().map(Queue::purge).sum()
+        let purged = self.levels.iter_mut().map(Queue::purge).sum();
+        self.recompute_next_expiry();
+        purged
     }
 
     /// Ready messages.
@@ -125,12 +140,11 @@ impl Levels {
         self.levels.iter().map(Queue::unacked_bytes).sum()
     }
 
-    /// The first level's queue, taken out (durable queues have only that one).
-    pub fn take_first(&mut self) -> Queue {
-        self.levels
-            .first_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
+    /// Every level joined back into one queue (the queue is being deleted), for
+    /// `Store::delete_queue`.
+    pub fn take_all(&mut self) -> Queue {
+        self.next_expiry = u64::MAX;
+        Queue::from_levels(std::mem::take(&mut self.levels))
     }
 }
 
@@ -154,7 +168,7 @@ mod tests {
 
     #[test]
     fn highest_priority_first_fifo_within_and_capped_at_max() {
-        let mut levels = Levels::with_max_priority(5);
+        let mut levels = Levels::new(Queue::new(), Some(5));
         levels.push(message(b"low", None));
         levels.push(message(b"high1", Some(5)));
         levels.push(message(b"capped", Some(200)));
@@ -167,7 +181,7 @@ mod tests {
 
     #[test]
     fn acks_and_requeues_find_their_level() {
-        let mut levels = Levels::with_max_priority(3);
+        let mut levels = Levels::new(Queue::new(), Some(3));
         levels.push(message(b"a", Some(3)));
         levels.push(message(b"b", Some(1)));
         let a = levels.pop().unwrap();

@@ -13,7 +13,8 @@
 //! Layout: `listener` accepts and spawns one task per connection; `connection` owns the socket
 //! (handshake, heartbeats, frame loop, the single writer); `channel` handles methods; `broker`
 //! holds vhosts and their topology; `queue` holds each queue's messages and consumers behind
-//! its own lock; `memory` is the back-pressure account; `config` and `auth` are start-up.
+//! its own lock; `memory` is the back-pressure account and `disk` the free disk space alarm;
+//! `config` and `auth` are start-up.
 
 pub mod arguments;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod disk;
 pub mod error;
 pub mod levels;
 pub mod listener;

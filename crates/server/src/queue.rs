@@ -329,8 +329,8 @@ impl QueueEntity {
             _ => None,
         };
         let recovered_any = messages.ready_count() > 0;
-        // x-max-priority: RabbitMQ caps it at 255. Durable queues keep one level (the store
-        // logs one queue per name), so priorities apply to transient queues only for now.
+        // x-max-priority: RabbitMQ caps it at 255. A durable queue's levels share its log, and
+        // recovery puts each message back in its level (see `Levels`).
         let max_priority = integer_argument(&arguments, b"x-max-priority")
             .map(|max| u8::try_from(max).unwrap_or(u8::MAX));
         let message_ttl = integer_argument(&arguments, b"x-message-ttl");
@@ -372,10 +372,7 @@ impl QueueEntity {
             exclusive_owner,
             arguments,
             inner: Mutex::new(QueueInner {
-                messages: match max_priority {
-                    Some(max) if !messages.is_durable() => Levels::with_max_priority(max),
-                    _ => Levels::single(messages),
-                },
+                messages: Levels::new(messages, max_priority),
                 consumers: Vec::new(),
                 next_consumer: 0,
                 had_consumer: false,
@@ -504,22 +501,53 @@ impl QueueEntity {
         }
     }
 
-    /// Drops expired messages from the head of the queue (RabbitMQ expires at the head only).
+    /// Takes out every ready message whose deadline has passed, wherever it sits in the queue
+    /// (RabbitMQ only expires at the head), through the store's expiry index: no scan, and
+    /// nothing to do until the soonest deadline. Dead-lettered soonest deadline first.
     fn expire_locked(&self, inner: &mut QueueInner) {
         if !self.expiring.load(Ordering::Relaxed) {
             return;
         }
         let now = now_ms();
-        while let Some((head, _)) = inner.messages.peek() {
-            if head.expires_at_ms.is_none_or(|at| at > now) {
-                break;
+        if inner.messages.next_expiry().is_none_or(|at| at > now) {
+            return;
+        }
+        // A body paged out to disk is read back only to dead-letter it. (A quorum queue's
+        // delivery count of an expired returned message stays until the queue goes: the index
+        // does not say which offsets it took, and offsets are never reused.)
+        let read_back = self.dead_letter.is_some();
+        for expired in inner.messages.expire(now, read_back) {
+            self.memory
+                .sub(usize::try_from(expired.body_len).unwrap_or(usize::MAX));
+            if let Some(message) = expired.message {
+                self.died(inner, message, "expired");
             }
-            let Some(expired) = inner.messages.pop_no_ack() else {
-                break;
-            };
-            forget_count(inner, expired.offset);
-            self.memory.sub(expired.message.body.len());
-            self.died(inner, expired.message, "expired");
+        }
+    }
+
+    /// Takes the next ready message for a consumer or `basic.get`, never an expired one: the
+    /// index catches nearly all of them first, but a message recovered without its deadline in
+    /// the index (one that was fanned out to several durable queues) is only known at the head.
+    fn take_next(&self, inner: &mut QueueInner, no_ack: bool) -> Option<Delivery> {
+        loop {
+            let delivery = if no_ack {
+                inner.messages.pop_no_ack()
+            } else {
+                inner.messages.pop()
+            }?;
+            if delivery
+                .message
+                .expires_at_ms
+                .is_none_or(|at| at > now_ms())
+            {
+                return Some(delivery);
+            }
+            if !no_ack {
+                inner.messages.ack(delivery.offset);
+            }
+            forget_count(inner, delivery.offset);
+            self.memory.sub(delivery.message.body.len());
+            self.died(inner, delivery.message, "expired");
         }
     }
 
@@ -570,7 +598,7 @@ impl QueueEntity {
 
     /// Takes the messages out (the queue is being deleted), for `Store::delete_queue`.
     pub fn take_messages(&self) -> warren_store::Queue {
-        let messages = self.inner.lock().messages.take_first();
+        let messages = self.inner.lock().messages.take_all();
         self.memory.sub(
             usize::try_from(messages.ready_bytes() + messages.unacked_bytes())
                 .unwrap_or(usize::MAX),
@@ -617,12 +645,7 @@ impl QueueEntity {
                 break;
             };
             inner.next_consumer = (idx + 1) % n_consumers;
-            let delivery = if consumer.no_ack {
-                inner.messages.pop_no_ack()
-            } else {
-                inner.messages.pop()
-            };
-            let Some(delivery) = delivery else {
+            let Some(delivery) = self.take_next(inner, consumer.no_ack) else {
                 consumer.release_credit();
                 break;
             };
@@ -653,11 +676,7 @@ impl QueueEntity {
     }
 
     fn get_locked(&self, inner: &mut QueueInner, no_ack: bool) -> Option<(Delivery, u32)> {
-        let delivery = if no_ack {
-            inner.messages.pop_no_ack()
-        } else {
-            inner.messages.pop()
-        }?;
+        let delivery = self.take_next(inner, no_ack)?;
         let delivery = self.counted(inner, delivery, no_ack, true);
         if no_ack {
             self.memory.sub(delivery.message.body.len());

@@ -351,6 +351,9 @@ pub(crate) struct Recovered {
     pub(crate) record_len: u32,
     /// End of another queue's publish record holding the body; 0 when its own record does.
     pub(crate) body_lsn: u64,
+    /// Its deadline, when it has one and its own record holds it (not for an enqueue record:
+    /// such a message expires when it reaches the head).
+    pub(crate) expires_at_ms: Option<u64>,
 }
 
 /// Where [`Log::publish`] put a message.
@@ -376,6 +379,8 @@ struct Pending {
     /// End of the publish record holding the body, for an enqueue record; else 0.
     body_lsn: u64,
     delivered: bool,
+    /// The deadline in a publish record (even when the message is not decoded).
+    expires_at_ms: Option<u64>,
 }
 
 /// What recovery found, per queue id.
@@ -397,9 +402,19 @@ pub(crate) struct RecoveredLog {
     pub(crate) superseded: HashMap<(u64, u64, u64), bool>,
 }
 
-/// Decodes a publish record: queue id, offset, the message (only if `load`), its body length,
-/// and whether it was delivered before.
-fn decode_publish(payload: &[u8], load: bool) -> Option<(u64, u64, Option<Message>, u64, bool)> {
+/// A publish record's fields, as [`decode_publish`] returns them.
+struct DecodedPublish {
+    queue_id: u64,
+    offset: u64,
+    /// Only if asked for.
+    message: Option<Message>,
+    body_len: u64,
+    delivered: bool,
+    expires_at_ms: Option<u64>,
+}
+
+/// Decodes a publish record; the message itself only if `load`.
+fn decode_publish(payload: &[u8], load: bool) -> Option<DecodedPublish> {
     let mut fields = Fields::new(payload);
     let _kind = fields.u8()?;
     let queue_id = fields.u64()?;
@@ -420,8 +435,17 @@ fn decode_publish(payload: &[u8], load: bool) -> Option<(u64, u64, Option<Messag
         return None;
     }
     let delivered = flags & FLAG_DELIVERED != 0;
+    let expires_at_ms = (flags & FLAG_EXPIRES != 0).then_some(expires);
+    let mut decoded = DecodedPublish {
+        queue_id,
+        offset,
+        message: None,
+        body_len: body_len as u64,
+        delivered,
+        expires_at_ms,
+    };
     if !load {
-        return Some((queue_id, offset, None, body_len as u64, delivered));
+        return Some(decoded);
     }
     // One allocation per message: the strings and buffers are slices of it.
     let shared = Bytes::copy_from_slice(payload.get(base..)?);
@@ -433,10 +457,11 @@ fn decode_publish(payload: &[u8], load: bool) -> Option<(u64, u64, Option<Messag
         body: slice(body_end, body_len),
         persistent: flags & FLAG_TRANSIENT == 0,
         priority: (flags & FLAG_PRIORITY != 0).then_some(priority),
-        expires_at_ms: (flags & FLAG_EXPIRES != 0).then_some(expires),
+        expires_at_ms,
         logged: std::sync::OnceLock::new(),
     };
-    Some((queue_id, offset, Some(message), body_len as u64, delivered))
+    decoded.message = Some(message);
+    Some(decoded)
 }
 
 /// An ack or delivery record: queue, offset, and the segment holding the publish it refers to.
@@ -599,6 +624,7 @@ impl Log {
                         lsn: pending.lsn,
                         record_len: pending.record_len,
                         body_lsn: pending.body_lsn,
+                        expires_at_ms: pending.expires_at_ms,
                     }
                 })
                 .collect();
@@ -794,7 +820,10 @@ impl Log {
         };
         match record::next(&data, 0) {
             Next::Record(payload, _) => match decode_publish(payload, true) {
-                Some((_, _, Some(message), _, _)) => Ok(message),
+                Some(DecodedPublish {
+                    message: Some(message),
+                    ..
+                }) => Ok(message),
                 _ => Err(corrupt("not a publish record")),
             },
             Next::Bad(reason) => Err(corrupt(reason)),
@@ -1146,8 +1175,14 @@ fn apply_record(
                 .and_then(|queue_id| pending.get(&queue_id))
                 .map_or(0, |messages| messages.len());
             let load = resident < resident_limit;
-            let Some((queue_id, offset, message, body_len, delivered)) =
-                decode_publish(payload, load)
+            let Some(DecodedPublish {
+                queue_id,
+                offset,
+                message,
+                body_len,
+                delivered,
+                expires_at_ms,
+            }) = decode_publish(payload, load)
             else {
                 return bad(report);
             };
@@ -1164,6 +1199,7 @@ fn apply_record(
                             .unwrap_or(u32::MAX),
                         body_lsn: 0,
                         delivered,
+                        expires_at_ms,
                     },
                 );
                 if let Some(replaced) = replaced {
@@ -1202,6 +1238,7 @@ fn apply_record(
                         record_len: body_len,
                         body_lsn,
                         delivered,
+                        expires_at_ms: None,
                     },
                 );
                 if let Some(replaced) = replaced {

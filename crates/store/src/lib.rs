@@ -137,5 +137,5 @@ pub use definitions::{BindingDef, DestinationKind, ExchangeDef, QueueDef};
 pub use error::{INTERNAL_ERROR, StoreError};
 pub use journal::{StoreOptions, SyncFailed};
 pub use message::Message;
-pub use queue::{Delivery, Lsn, Pushed, Queue};
+pub use queue::{Delivery, Expired, LEVEL_SHIFT, Lsn, Pushed, Queue, level_of_offset};
 pub use store::{Recovery, RecoveryReport, Store};

@@ -24,13 +24,13 @@ pub struct Message {
     pub body: Bytes,
     /// `delivery_mode` was 2: the message is written to disk when routed to a durable queue.
     pub persistent: bool,
-    /// The `priority` property, if the publisher set one. Kept for priority queues (not yet
-    /// implemented); queues ignore it today.
+    /// The `priority` property, if the publisher set one: the broker picks the level of a
+    /// priority queue by it ([`crate::Queue::into_levels`]).
     pub priority: Option<u8>,
-    /// When the message expires by its own `expiration` property, in milliseconds since the Unix
-    /// epoch, computed by the server at publish time. Kept for per-message TTL (not yet
-    /// implemented); queues ignore it today. A per-queue TTL belongs to the queue entry, not here,
-    /// since the same message may sit in queues with different TTLs.
+    /// When the message expires, in milliseconds since the Unix epoch: by its own `expiration`
+    /// property (computed by the server at publish time), or by the TTL of the queue it sits in
+    /// (the server gives each such queue its own copy, since the same message may sit in queues
+    /// with different TTLs). A queue indexes it ([`crate::Queue::expire`]).
     pub expires_at_ms: Option<u64>,
     /// Where a durable log first wrote this message's body: (log id, record end, record length).
     /// Further durable queues it is routed to refer to that record instead of writing the body

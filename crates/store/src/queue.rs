@@ -14,8 +14,21 @@
 //!   from `requeued` first. This map is empty unless consumers reject or channels close, so the
 //!   common path never touches it.
 //! - `unacked`: delivered messages waiting for an ack, in a hash map by offset.
+//! - `expiry`: a min-heap of `(deadline, offset)` for every ready message with a deadline
+//!   (its `expiration` property or the queue's TTL). [`Queue::expire`] takes the due ones out
+//!   wherever they sit: a requeued one leaves its map, a fresh one becomes a *tombstone* in place
+//!   (found by binary search, since `fresh` is sorted by offset), skipped when it reaches the front.
+//!   No operation scans the queue: an entry whose message was delivered first is dropped from the
+//!   heap when it is on top (usually as the message is popped), or when the heap is rebuilt from
+//!   its live entries once it holds more than twice as many entries as ready messages; tombstones
+//!   are swept out of `fresh` once they are half of it. Both are amortized O(log n) per message.
+//!
+//! Priority queues are several `Queue`s, one per level ([`Queue::into_levels`]); each level's
+//! offsets carry the level in their top byte ([`LEVEL_SHIFT`]), so on a durable queue the levels
+//! share one log id and recovery hands each message back to its level.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -89,6 +102,9 @@ struct Ready {
     /// locate it there). Sharing the fields keeps an entry at 48 bytes: 10 M queued messages
     /// cost 480 MB of index.
     spilled: bool,
+    /// A tombstone: the message expired and was taken out ([`Queue::expire`]); the entry only
+    /// keeps `fresh` sorted until it reaches the front.
+    expired: bool,
 }
 
 /// A hasher for offsets: they are already well spread (consecutive integers), so one multiply is
@@ -147,6 +163,36 @@ pub struct Queue {
     page_scan_keep: usize,
     /// Where bodies without a durable record go under memory pressure; `None` without a store.
     spill: Option<Arc<Log>>,
+    /// `(deadline in ms since the epoch, offset)` of ready messages that expire, soonest on top;
+    /// may also hold entries of messages delivered since (dropped lazily, see the module doc).
+    expiry: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Entries of `fresh` that are tombstones (expired in place).
+    tombstones: usize,
+}
+
+/// Offsets of a priority level carry the level above this bit ([`Queue::into_levels`]); a
+/// queue's own counter never gets near 2^56.
+pub const LEVEL_SHIFT: u32 = 56;
+
+/// The priority level an offset belongs to (0 for a queue without levels).
+pub fn level_of_offset(offset: u64) -> usize {
+    usize::try_from(offset >> LEVEL_SHIFT).unwrap_or(0)
+}
+
+/// Heap entries kept beyond twice the ready messages before the heap is rebuilt.
+const EXPIRY_SLACK: usize = 1024;
+
+/// Tombstones kept in `fresh` before they are swept out (when they are also half of it).
+const TOMBSTONE_SLACK: usize = 1024;
+
+/// A ready message taken out by [`Queue::expire`].
+#[derive(Debug, Clone)]
+pub struct Expired {
+    /// The message; `None` when its body was on disk and was not asked for (or could not be
+    /// read back).
+    pub message: Option<Arc<Message>>,
+    /// Its body length (what it counted in [`Queue::ready_bytes`]).
+    pub body_len: u64,
 }
 
 impl Queue {
@@ -181,7 +227,11 @@ impl Queue {
                 record_len: recovered.record_len,
                 body_lsn: recovered.body_lsn,
                 spilled: false,
+                expired: false,
             });
+            if let Some(deadline) = recovered.expires_at_ms {
+                queue.expiry.push(Reverse((deadline, recovered.offset)));
+            }
         }
         queue
     }
@@ -226,6 +276,7 @@ impl Queue {
             _ => (None, 0, 0),
         };
         let body_len = message.body_len();
+        let expires_at_ms = message.expires_at_ms;
         self.ready_bytes += body_len;
         self.fresh.push_back(Ready {
             offset,
@@ -236,7 +287,14 @@ impl Queue {
             record_len,
             body_lsn,
             spilled: false,
+            expired: false,
         });
+        if let Some(deadline) = expires_at_ms {
+            self.expiry.push(Reverse((deadline, offset)));
+            if self.expiry.len() > 2 * self.ready_count() + EXPIRY_SLACK {
+                self.rebuild_expiry();
+            }
+        }
         Pushed { offset, lsn }
     }
 
@@ -300,6 +358,9 @@ impl Queue {
         self.unacked_bytes -= bytes;
         self.ready_bytes += bytes;
         entry.redelivered = true;
+        if let Some(deadline) = entry.message.expires_at_ms {
+            self.expiry.push(Reverse((deadline, offset)));
+        }
         self.requeued.insert(offset, entry);
         true
     }
@@ -320,6 +381,9 @@ impl Queue {
             _ => (0, 0),
         };
         self.ready_bytes += delivery.message.body_len();
+        if let Some(deadline) = delivery.message.expires_at_ms {
+            self.expiry.push(Reverse((deadline, delivery.offset)));
+        }
         // A popped offset is below every message still in `fresh`, so it belongs in `requeued`.
         self.requeued.insert(
             delivery.offset,
@@ -357,12 +421,14 @@ impl Queue {
             }
         }
         self.ready_bytes = 0;
+        self.tombstones = 0;
+        self.expiry.clear();
         count as u64
     }
 
     /// Number of ready messages (what `queue.declare-ok` reports as `message_count`).
     pub fn ready_count(&self) -> usize {
-        self.fresh.len() + self.requeued.len()
+        self.fresh.len() - self.tombstones + self.requeued.len()
     }
 
     /// Number of delivered messages waiting for an ack.
@@ -392,6 +458,224 @@ impl Queue {
             message: Arc::clone(&entry.message),
             redelivered: entry.redelivered,
         })
+    }
+
+    /// The soonest deadline (ms since the Unix epoch) of a ready message, if any expires. It may
+    /// be the deadline of a message delivered meanwhile: then [`Queue::expire`] finds nothing.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiry.peek().map(|Reverse((deadline, _))| *deadline)
+    }
+
+    /// Takes out every ready message whose deadline is at or before `now_ms`, wherever it is in
+    /// the queue, soonest deadline first (then by offset). Unacked messages do not expire (as in
+    /// RabbitMQ); one requeued after its deadline expires at the next call. A durable queue logs
+    /// each as acked. A body paged out to disk is read back only if `read_back` (the caller
+    /// dead-letters it); otherwise [`Expired::message`] is `None` for it. Costs O(log n) per
+    /// message taken out, and O(1) when nothing is due.
+    pub fn expire(&mut self, now_ms: u64, read_back: bool) -> Vec<Expired> {
+        let mut expired = Vec::new();
+        while let Some(&Reverse((deadline, offset))) = self.expiry.peek() {
+            if deadline > now_ms {
+                break;
+            }
+            self.expiry.pop();
+            if let Some(entry) = self.requeued.remove(&offset) {
+                self.ready_bytes -= entry.message.body_len();
+                if let Some(journal) = &self.journal
+                    && entry.lsn != 0
+                {
+                    journal.ack(offset, entry.lsn, entry.body_lsn);
+                }
+                expired.push(Expired {
+                    body_len: entry.message.body_len(),
+                    message: Some(entry.message),
+                });
+            } else if let Ok(index) = self.fresh.binary_search_by_key(&offset, |r| r.offset)
+                && let Some(taken) = self.tombstone(index, read_back)
+            {
+                expired.push(taken);
+            }
+        }
+        if !expired.is_empty() {
+            self.trim_tombstones();
+        }
+        expired
+    }
+
+    /// Turns `fresh[index]` into a tombstone and returns its message (unless it already was one).
+    fn tombstone(&mut self, index: usize, read_back: bool) -> Option<Expired> {
+        let ready = self.fresh.get(index)?.clone();
+        if ready.expired {
+            return None;
+        }
+        self.ready_bytes -= ready.body_len;
+        let message = match &ready.message {
+            Some(message) => Some(Arc::clone(message)),
+            None => {
+                self.paged -= 1;
+                self.paged_bytes -= ready.body_len;
+                if read_back {
+                    // Reading a spilled body releases its spill record.
+                    match self.read_ready(&ready) {
+                        Ok(message) => Some(message),
+                        Err(error) => {
+                            tracing::error!(%error, offset = ready.offset,
+                                "an expired paged-out message cannot be read back to dead-letter");
+                            None
+                        }
+                    }
+                } else {
+                    if ready.spilled
+                        && let Some(spill) = &self.spill
+                    {
+                        spill.forget(ready.body_lsn);
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(journal) = &self.journal
+            && ready.lsn != 0
+        {
+            journal.ack(ready.offset, ready.lsn, ready.body_lsn);
+        }
+        if let Some(slot) = self.fresh.get_mut(index) {
+            slot.message = None;
+            slot.expired = true;
+            slot.lsn = 0;
+            slot.body_lsn = 0;
+            slot.spilled = false;
+        }
+        self.tombstones += 1;
+        Some(Expired {
+            message,
+            body_len: ready.body_len,
+        })
+    }
+
+    /// Drops tombstones from the front of `fresh`, and sweeps them all out once they are half of
+    /// it (amortized O(1) per tombstone), so expired messages stop costing memory.
+    fn trim_tombstones(&mut self) {
+        while self.fresh.front().is_some_and(|ready| ready.expired) {
+            self.fresh.pop_front();
+            self.tombstones -= 1;
+        }
+        if self.tombstones > TOMBSTONE_SLACK && self.tombstones * 2 > self.fresh.len() {
+            self.fresh.retain(|ready| !ready.expired);
+            self.tombstones = 0;
+        }
+    }
+
+    /// Whether `offset` is a ready message (not delivered, not expired).
+    fn is_ready(&self, offset: u64) -> bool {
+        self.requeued.contains_key(&offset)
+            || self
+                .fresh
+                .binary_search_by_key(&offset, |ready| ready.offset)
+                .is_ok_and(|index| self.fresh.get(index).is_some_and(|ready| !ready.expired))
+    }
+
+    /// Keeps only the expiry entries of messages still ready (amortized: called when the heap
+    /// holds more than twice as many entries as there are ready messages).
+    fn rebuild_expiry(&mut self) {
+        let entries = std::mem::take(&mut self.expiry).into_vec();
+        let live: Vec<_> = entries
+            .into_iter()
+            .filter(|Reverse((_, offset))| self.is_ready(*offset))
+            .collect();
+        self.expiry = BinaryHeap::from(live);
+    }
+
+    /// Splits the queue into `count` priority levels (at least one): level `L` takes the
+    /// messages whose offset has `L` in its top byte (above [`LEVEL_SHIFT`]; past the last level,
+    /// the last) and numbers new messages the same way. On a durable queue the levels share its
+    /// log id, so a message logged by any level is recovered, in a queue split the same way, into
+    /// its own level, in order. A queue written before it had levels has every offset in level 0.
+    pub fn into_levels(mut self, count: usize) -> Vec<Queue> {
+        let count = count.max(1);
+        let mut levels: Vec<Queue> = (0..count)
+            .map(|level| {
+                let mut queue = Queue::default();
+                queue.journal = self.journal.clone();
+                queue.spill = self.spill.clone();
+                queue.next_offset = (level as u64) << LEVEL_SHIFT;
+                queue
+            })
+            .collect();
+        let last = count - 1;
+        let level_of = |offset: u64| level_of_offset(offset).min(last);
+        // The level of the newest offset seen continues after it (acked messages included).
+        if self.next_offset > 0
+            && let Some(level) = levels.get_mut(level_of(self.next_offset - 1))
+        {
+            level.next_offset = level.next_offset.max(self.next_offset);
+        }
+        for ready in std::mem::take(&mut self.fresh) {
+            if ready.expired {
+                continue;
+            }
+            let Some(level) = levels.get_mut(level_of(ready.offset)) else {
+                continue;
+            };
+            level.next_offset = level.next_offset.max(ready.offset + 1);
+            level.ready_bytes += ready.body_len;
+            if ready.message.is_none() {
+                level.paged += 1;
+                level.paged_bytes += ready.body_len;
+            }
+            level.fresh.push_back(ready);
+        }
+        for (offset, entry) in std::mem::take(&mut self.requeued) {
+            if let Some(level) = levels.get_mut(level_of(offset)) {
+                level.next_offset = level.next_offset.max(offset + 1);
+                level.ready_bytes += entry.message.body_len();
+                level.requeued.insert(offset, entry);
+            }
+        }
+        for (offset, entry) in std::mem::take(&mut self.unacked) {
+            if let Some(level) = levels.get_mut(level_of(offset)) {
+                level.next_offset = level.next_offset.max(offset + 1);
+                level.unacked_bytes += entry.message.body_len();
+                level.unacked.insert(offset, entry);
+            }
+        }
+        for Reverse((deadline, offset)) in std::mem::take(&mut self.expiry) {
+            if let Some(level) = levels.get_mut(level_of(offset)) {
+                level.expiry.push(Reverse((deadline, offset)));
+            }
+        }
+        // Everything moved out; nothing is left for `Drop` to release.
+        self.spill = None;
+        levels
+    }
+
+    /// Joins the levels of [`Queue::into_levels`] back into one queue, for
+    /// [`crate::Store::delete_queue`]. (Its messages then come in offset order, lowest level
+    /// first.)
+    pub fn from_levels(levels: Vec<Queue>) -> Queue {
+        let mut joined = Queue::default();
+        for mut level in levels {
+            if joined.journal.is_none() {
+                joined.journal = level.journal.take();
+            }
+            if joined.spill.is_none() {
+                joined.spill = level.spill.clone();
+            }
+            joined.next_offset = joined.next_offset.max(level.next_offset);
+            joined.ready_bytes += level.ready_bytes;
+            joined.unacked_bytes += level.unacked_bytes;
+            joined.paged += level.paged;
+            joined.paged_bytes += level.paged_bytes;
+            joined.tombstones += level.tombstones;
+            // Levels hold ascending offset ranges, so appending keeps `fresh` sorted.
+            joined.fresh.extend(std::mem::take(&mut level.fresh));
+            joined.requeued.append(&mut level.requeued);
+            joined.unacked.extend(std::mem::take(&mut level.unacked));
+            joined.expiry.extend(std::mem::take(&mut level.expiry));
+            // Its spilled bodies now belong to `joined`.
+            level.spill = None;
+        }
+        joined
     }
 
     /// The first ready message, without taking it (read back from disk if it was paged out).
@@ -509,7 +793,7 @@ impl Queue {
             let Some(ready) = self.fresh.get(index) else {
                 break;
             };
-            if ready.message.is_some() {
+            if ready.message.is_some() || ready.expired {
                 continue;
             }
             match self.read_back(index) {
@@ -592,13 +876,30 @@ impl Queue {
         self
     }
 
+    /// Takes the first ready message out; its expiry entry goes too when it is on top of the
+    /// heap (the common case of a FIFO queue with one TTL), so the heap stays small.
     fn take_first_ready(&mut self) -> Option<Entry> {
+        let entry = self.take_first_ready_entry()?;
+        if let Some(deadline) = entry.message.expires_at_ms
+            && self.expiry.peek() == Some(&Reverse((deadline, entry.offset)))
+        {
+            self.expiry.pop();
+        }
+        self.trim_tombstones();
+        Some(entry)
+    }
+
+    fn take_first_ready_entry(&mut self) -> Option<Entry> {
         if let Some((_, entry)) = self.requeued.pop_first() {
             self.ready_bytes -= entry.message.body_len();
             return Some(entry);
         }
         loop {
             let ready = self.fresh.pop_front()?;
+            if ready.expired {
+                self.tombstones -= 1;
+                continue;
+            }
             self.ready_bytes -= ready.body_len;
             let message = match ready.message {
                 Some(message) => message,
@@ -849,5 +1150,72 @@ mod tests {
         // Ours, one per queue, and the delivery's.
         assert_eq!(Arc::strong_count(&shared), 12);
         assert_eq!(delivered.message.body.as_ptr(), shared.body.as_ptr());
+    }
+
+    fn expiring(deadline: u64) -> Arc<Message> {
+        let mut message = Message::new(
+            ShortString::new(),
+            ShortString::new(),
+            Bytes::new(),
+            Bytes::from_static(b"x"),
+        );
+        message.expires_at_ms = Some(deadline);
+        Arc::new(message)
+    }
+
+    #[test]
+    fn the_expiry_index_stays_small_when_messages_are_consumed_before_they_expire() {
+        let mut queue = Queue::new();
+        // A fast consumer: each message is delivered long before its deadline.
+        for n in 0..100_000 {
+            queue.push(expiring(1_000_000 + n));
+            let delivery = queue.pop().unwrap();
+            queue.ack(delivery.offset);
+        }
+        assert!(queue.expiry.len() <= 1, "{}", queue.expiry.len());
+        // With deliveries out of deadline order, stale entries are dropped by rebuilds.
+        for n in 0..100_000 {
+            queue.push(expiring(2_000_000 - n));
+            let delivery = queue.pop().unwrap();
+            queue.ack(delivery.offset);
+        }
+        assert!(
+            queue.expiry.len() <= EXPIRY_SLACK + 1,
+            "{}",
+            queue.expiry.len()
+        );
+    }
+
+    #[test]
+    fn tombstones_behind_a_long_lived_head_are_swept_out() {
+        let mut queue = Queue::new();
+        queue.push(message("head"));
+        for _ in 0..10_000 {
+            queue.push(expiring(10));
+        }
+        assert_eq!(queue.expire(10, false).len(), 10_000);
+        assert_eq!(queue.ready_count(), 1);
+        assert!(
+            queue.fresh.len() <= TOMBSTONE_SLACK + 1,
+            "{}",
+            queue.fresh.len()
+        );
+        assert_eq!(body(&queue.pop().unwrap()), b"head");
+        assert!(queue.pop().is_none());
+        assert_eq!(queue.tombstones, 0);
+    }
+
+    #[test]
+    fn a_tombstone_is_skipped_by_pop_peek_and_purge() {
+        let mut queue = Queue::new();
+        queue.push(message("a"));
+        queue.push(expiring(5));
+        queue.push(message("c"));
+        assert_eq!(queue.expire(5, true).len(), 1);
+        assert_eq!(queue.ready_count(), 2);
+        assert_eq!(body(&queue.pop().unwrap()), b"a");
+        assert_eq!(&queue.peek().unwrap().0.body[..], b"c");
+        assert_eq!(queue.purge(), 1);
+        assert_eq!(queue.ready_count(), 0);
     }
 }
