@@ -440,30 +440,25 @@ impl QueueEntity {
         }
         let body_len = message.body.len();
         let limits = &self.limits;
-        if limits.reject_publish && self.queue_type == QueueType::Quorum {
-            // RabbitMQ 3.10's quorum queues refuse only once they are over the limit, so they
-            // take one message more than a classic queue.
-            let over = limits
-                .max_length
-                .is_some_and(|max| inner.messages.ready_count() as u64 > max)
-                || limits
-                    .max_length_bytes
-                    .is_some_and(|max| inner.messages.ready_bytes() > max);
-            if over {
-                return Published::Rejected;
-            }
-            self.memory.add(body_len);
-            let pushed = inner.messages.push(message);
-            self.dispatch_locked(inner);
-            return Published::Queued(pushed.lsn);
-        }
         let full = limits
             .max_length
             .is_some_and(|max| inner.messages.ready_count() as u64 >= max)
             || limits
                 .max_length_bytes
                 .is_some_and(|max| inner.messages.ready_bytes() + body_len as u64 > max);
-        if full && limits.reject_publish {
+        let refused = if self.queue_type == QueueType::Quorum {
+            // RabbitMQ 3.10's quorum queues refuse only once they are over the limit, so they
+            // take one message more than a classic queue.
+            limits
+                .max_length
+                .is_some_and(|max| inner.messages.ready_count() as u64 > max)
+                || limits
+                    .max_length_bytes
+                    .is_some_and(|max| inner.messages.ready_bytes() > max)
+        } else {
+            full
+        };
+        if limits.reject_publish && refused {
             if limits.dead_letter_refused {
                 self.died(inner, message, "maxlen");
             }
@@ -471,7 +466,7 @@ impl QueueEntity {
         }
         self.memory.add(body_len);
         let pushed = inner.messages.push(message);
-        if full {
+        if full && !limits.reject_publish {
             // drop-head (RabbitMQ's default overflow): the oldest ready messages make room.
             while limits
                 .max_length
