@@ -11,7 +11,7 @@ use futures_lite::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use warren_tests::{TestBroker, within};
+use warren_tests::{TestBroker, confirm_select, publish, within};
 
 fn table(args: &[(&str, AMQPValue)]) -> FieldTable {
     let mut table = FieldTable::default();
@@ -76,19 +76,6 @@ async fn dead_letter_queue(channel: &lapin::Channel) {
             "".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
-        )
-        .await
-        .unwrap();
-}
-
-async fn publish(channel: &lapin::Channel, queue: &str, body: &[u8]) {
-    channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default(),
         )
         .await
         .unwrap();
@@ -177,7 +164,7 @@ async fn delivery_limit_dead_letters_after_limit_plus_one_deliveries() {
         true,
     )
     .await;
-    publish(&channel, "qq", b"poison").await;
+    publish(&channel, "", "qq", b"poison").await;
     // basic.get always carries the count, from 0; each nack with requeue adds one.
     let mut seen = Vec::new();
     while let Some((body, redelivered, count, tag)) = within(5, get(&channel, "qq")).await {
@@ -213,7 +200,7 @@ async fn delivery_limit_without_dead_letter_exchange_drops_and_zero_or_negative_
         ("negative", AMQPValue::ShortInt(-1), 1),
     ] {
         quorum(&channel, name, &[("x-delivery-limit", limit)], false).await;
-        publish(&channel, name, b"m").await;
+        publish(&channel, "", name, b"m").await;
         let mut n = 0;
         while let Some((_, _, _, tag)) = within(5, get(&channel, name)).await {
             n += 1;
@@ -235,7 +222,7 @@ async fn closing_the_channel_counts_as_a_return() {
         true,
     )
     .await;
-    publish(&setup, "qq", b"m").await;
+    publish(&setup, "", "qq", b"m").await;
     for expected in [0, 1] {
         let channel = conn.create_channel().await.unwrap();
         let (_, _, count, _) = within(5, get(&channel, "qq")).await.unwrap();
@@ -260,7 +247,7 @@ async fn consumers_see_the_count_only_on_redelivery() {
         true,
     )
     .await;
-    publish(&channel, "qq", b"c0").await;
+    publish(&channel, "", "qq", b"c0").await;
     channel
         .basic_qos(1, BasicQosOptions::default())
         .await
@@ -305,7 +292,7 @@ async fn returns_go_to_the_head_under_a_limit_and_to_the_tail_without() {
     quorum(&channel, "unlimited", &[], false).await;
     for queue in ["limited", "unlimited"] {
         for body in ["m0", "m1", "m2"] {
-            publish(&channel, queue, body.as_bytes()).await;
+            publish(&channel, "", queue, body.as_bytes()).await;
         }
         let (_, _, _, tag) = get(&channel, queue).await.unwrap();
         nack(&channel, tag).await;
@@ -358,10 +345,7 @@ async fn reject_publish_dlx_nacks_and_dead_letters_the_refused_message() {
         )
         .await
         .unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     let mut acked = Vec::new();
     for body in ["p0", "p1", "p2"] {
         let confirm = channel
@@ -402,10 +386,7 @@ async fn quorum_overflow_is_as_in_rabbitmq_3_10() {
     };
     quorum(&channel, "dlx-mode", &overflow("reject-publish-dlx"), true).await;
     quorum(&channel, "reject", &overflow("reject-publish"), false).await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     for queue in ["dlx-mode", "reject"] {
         let mut acked = Vec::new();
         for body in ["p0", "p1", "p2"] {
@@ -453,10 +434,7 @@ async fn quorum_queue_keeps_transient_messages_across_a_restart() {
         let broker = TestBroker::start_with(config()).await;
         let (_conn, channel) = broker.channel().await;
         quorum(&channel, "qq", &[], false).await;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        confirm_select(&channel).await;
         channel
             .basic_publish(
                 "".into(),
