@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::disk::DiskMonitor;
 use crate::error::{AmqpError, ChannelError, ConnectionError};
 use crate::memory::MemoryMonitor;
+use crate::pager::Pager;
 use crate::queue::QueueEntity;
 
 /// The broker: configuration, vhosts, the memory account and the durable store.
@@ -34,6 +35,9 @@ pub struct Broker {
     vhosts: HashMap<String, Arc<VHost>>,
     /// Bytes held by queues, and the memory alarm.
     pub memory: Arc<MemoryMonitor>,
+    /// The thread that pages bodies out above the paging threshold and reads them back ahead
+    /// of consumers.
+    pager: Pager,
     /// Free disk space and store write failures, and the disk alarm.
     pub disk: Arc<DiskMonitor>,
     /// Source of connection ids (exclusive queue owners, log lines).
@@ -90,7 +94,7 @@ impl Broker {
     /// `ephemeral`, the data folder is opened and its durable exchanges, queues (with their
     /// messages) and bindings are declared again.
     pub fn new(config: Arc<Config>) -> Result<Self, OpenError> {
-        let memory = Arc::new(MemoryMonitor::new(config.limits.memory_high_watermark));
+        let memory = Arc::new(memory_monitor(&config));
         let disk = Arc::new(DiskMonitor::new(
             config.data_dir.clone(),
             config.limits.disk_free_limit,
@@ -132,10 +136,12 @@ impl Broker {
         if let Some(recovery) = recovery {
             recover(&vhosts, recovery);
         }
+        let pager = Pager::start(Arc::clone(&memory), durable.is_some());
         Ok(Broker {
             config,
             vhosts,
             memory,
+            pager,
             disk,
             next_connection_id: AtomicU64::new(1),
             durable,
@@ -193,6 +199,7 @@ impl Broker {
     /// Stops the sync thread and marks the data folder cleanly closed. Call once no
     /// connection uses a queue any more.
     pub fn close_store(&self) {
+        self.pager.stop();
         if let Some(durable) = &self.durable {
             durable.stop.store(true, Ordering::Release);
             if let Some(thread) = durable.thread.lock().take() {
@@ -262,6 +269,26 @@ impl Durable {
     }
 }
 
+/// The memory account with the configured budget: `memory_high_watermark` resolved against
+/// the RAM (RabbitMQ assumes 1 GiB when it cannot tell; Warren too).
+fn memory_monitor(config: &Config) -> MemoryMonitor {
+    let limits = &config.limits;
+    let total = crate::memory::total_memory().unwrap_or_else(|| {
+        tracing::warn!("cannot read the amount of RAM; assuming 1 GiB");
+        1 << 30
+    });
+    let limit = limits.memory_high_watermark.resolve(total);
+    let monitor = MemoryMonitor::new(limit, limits.memory_paging_ratio);
+    tracing::info!(
+        budget = limit,
+        setting = %limits.memory_high_watermark,
+        ram = total,
+        paging_above = monitor.paging_threshold(),
+        "memory budget"
+    );
+    monitor
+}
+
 /// Declares again what the store recovered: exchanges, then queues with their messages, then
 /// bindings. Definitions for vhosts no longer configured are skipped (and logged).
 fn recover(vhosts: &HashMap<String, Arc<VHost>>, recovery: Recovery) {
@@ -303,6 +330,7 @@ fn recover(vhosts: &HashMap<String, Arc<VHost>>, recovery: Recovery) {
             Arc::clone(&vhost.memory),
             messages,
         ));
+        vhost.memory.register(&queue);
         queue.set_dead_letter_sink(vhost.me.clone());
         if queue.expires.is_some() || queue.expiring.load(Ordering::Relaxed) {
             vhost.register_expiring(Arc::downgrade(&queue));
@@ -446,6 +474,14 @@ impl VHost {
         }
     }
 
+    /// An empty queue for messages that are not kept across restarts: with a data folder it
+    /// can spill bodies there under memory pressure, without one it lives in memory only.
+    fn transient_messages(&self) -> warren_store::Queue {
+        self.store
+            .as_ref()
+            .map_or_else(warren_store::Queue::new, |store| store.transient_queue())
+    }
+
     /// The store, when this definition must be durable.
     fn durable_store(&self, durable: bool) -> Option<&Arc<Store>> {
         self.store.as_ref().filter(|_| durable)
@@ -560,8 +596,9 @@ impl VHost {
             Some(conn_id),
             FieldTable::new(),
             Arc::clone(&self.memory),
-            warren_store::Queue::new(),
+            self.transient_messages(),
         ));
+        self.memory.register(&queue);
         self.reply_queues.write().insert(name, Arc::clone(&queue));
         queue
     }
@@ -706,7 +743,7 @@ impl VHost {
                 };
                 blocking(|| store.declare_queue(&def)).map_err(store_error)?
             }
-            None => warren_store::Queue::new(),
+            None => self.transient_messages(),
         };
         let queue = Arc::new(QueueEntity::new(
             name.clone(),
@@ -718,6 +755,7 @@ impl VHost {
             Arc::clone(&self.memory),
             messages,
         ));
+        self.memory.register(&queue);
         queue.set_dead_letter_sink(self.me.clone());
         if queue.expires.is_some() {
             self.register_expiring(Arc::downgrade(&queue));

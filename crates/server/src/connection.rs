@@ -725,12 +725,12 @@ impl Connection {
                         // The consumer went away before this was sent: give it back.
                         consumer.release_credit();
                         if consumer.no_ack {
-                            queue.return_unsent(delivery.message);
+                            queue.return_unsent(delivery);
                         } else {
                             queue.requeue(delivery.offset);
-                            if !kick.iter().any(|q| Arc::ptr_eq(q, &queue)) {
-                                kick.push(queue);
-                            }
+                        }
+                        if !kick.iter().any(|q| Arc::ptr_eq(q, &queue)) {
+                            kick.push(queue);
                         }
                     }
                 }

@@ -169,9 +169,16 @@ impl RunningBroker {
         &self.addrs
     }
 
-    /// Bytes of message bodies currently held in queues.
+    /// The memory account: bodies of messages in queues held in memory, plus their
+    /// bookkeeping estimate (see `memory.rs`).
     pub fn memory_used(&self) -> usize {
         self.broker.memory.used()
+    }
+
+    /// The memory account with its parts (paged-out bytes and messages as of the pager's last
+    /// survey, a few milliseconds old), the budget and the paging threshold.
+    pub fn memory_report(&self) -> crate::memory::MemoryReport {
+        self.broker.memory.report()
     }
 
     /// Changes the free disk space limit at run time and measures again at once (RabbitMQ's
