@@ -8,6 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 pub use warren_server::{Config, RunningBroker};
@@ -53,6 +57,142 @@ impl TestBroker {
         let channel = conn.create_channel().await.expect("channel opens");
         (conn, channel)
     }
+}
+
+// ===== lapin calls with the options most tests use, unwrapped =====
+
+/// Declares a queue with default options (non-durable, shared) and no arguments.
+pub async fn declare_queue(channel: &lapin::Channel, name: &str) {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare");
+}
+
+/// Declares an exclusive queue with these arguments; `""` gets a server-named queue. Returns
+/// the queue's name.
+pub async fn declare_exclusive(
+    channel: &lapin::Channel,
+    name: &str,
+    args: &[(&str, AMQPValue)],
+) -> String {
+    let mut table = FieldTable::default();
+    for (key, value) in args {
+        table.insert((*key).into(), value.clone());
+    }
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            table,
+        )
+        .await
+        .expect("queue.declare")
+        .name()
+        .to_string()
+}
+
+/// Messages ready in `queue` (a passive `queue.declare`; panics if the queue is missing).
+pub async fn message_count(channel: &lapin::Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare")
+        .message_count()
+}
+
+/// Publishes `body` with these properties and no flags; returns the confirm to await when the
+/// channel is in confirm mode.
+pub async fn publish_with(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) -> lapin::PublisherConfirm {
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("basic.publish")
+}
+
+/// Publishes `body` with no properties and no flags.
+pub async fn publish(channel: &lapin::Channel, exchange: &str, routing_key: &str, body: &[u8]) {
+    publish_with(
+        channel,
+        exchange,
+        routing_key,
+        body,
+        lapin::BasicProperties::default(),
+    )
+    .await;
+}
+
+/// Consumes `queue` under `tag` with these options and no arguments.
+pub async fn consume(
+    channel: &lapin::Channel,
+    queue: &str,
+    tag: &str,
+    options: BasicConsumeOptions,
+) -> lapin::Consumer {
+    channel
+        .basic_consume(queue.into(), tag.into(), options, FieldTable::default())
+        .await
+        .expect("basic.consume")
+}
+
+/// The next message in `queue`, taken with `basic.get` (no ack); panics if the queue is empty.
+pub async fn get_message(channel: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .expect("a message")
+}
+
+/// Puts the channel in confirm mode.
+pub async fn confirm_select(channel: &lapin::Channel) {
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+}
+
+/// `basic.consume` options with `no_ack` set (deliveries need no ack).
+pub fn no_ack() -> BasicConsumeOptions {
+    BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    }
+}
+
+/// The body of the next message in `queue`, taken with `basic.get` (no ack); `None` if empty.
+pub async fn get_body(channel: &lapin::Channel, queue: &str) -> Option<Vec<u8>> {
+    channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .map(|message| message.delivery.data)
 }
 
 /// The AMQP reply code and text in a lapin error, if the broker closed with one.
@@ -159,6 +299,43 @@ impl RawClient {
         }
     }
 
+    /// Connects and sends the protocol header; returns once `connection.start` has arrived.
+    pub async fn started(addr: SocketAddr) -> RawClient {
+        let mut client = RawClient::connect(addr).await;
+        client.begin().await;
+        client
+    }
+
+    /// Sends the protocol header and waits for `connection.start`.
+    pub async fn begin(&mut self) {
+        self.send(b"AMQP\x00\x00\x09\x01").await;
+        self.expect_method(10, 10).await;
+    }
+
+    /// Connects from another local address (any of 127.0.0.0/8 works on Linux), so that the
+    /// broker sees a different peer address.
+    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(local, 0)).expect("bind");
+        RawClient::connect_socket(socket, addr).await
+    }
+
+    /// Connects with a small, fixed receive buffer, so that a client that stops reading
+    /// backs the broker up after a few KiB instead of the kernel's autotuned megabytes.
+    pub async fn connect_small_window(addr: SocketAddr) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        RawClient::connect_socket(socket, addr).await
+    }
+
+    async fn connect_socket(socket: tokio::net::TcpSocket, addr: SocketAddr) -> RawClient {
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// Sends bytes.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
@@ -240,20 +417,29 @@ impl RawClient {
         heartbeat: u16,
     ) -> RawClient {
         let mut client = RawClient::connect(addr).await;
-        client.send(b"AMQP\x00\x00\x09\x01").await;
-        client.expect_method(10, 10).await;
-        client.send_start_ok(b"\0guest\0guest", true).await;
-        client.expect_method(10, 30).await;
-        client.send_tune_ok(channel_max, frame_max, heartbeat).await;
+        client.login(channel_max, frame_max, heartbeat).await;
         client
-            .send(&frame(
-                1,
-                0,
-                &method(10, 40, &[shortstr("/"), shortstr(""), vec![0]].concat()),
-            ))
-            .await;
-        client.expect_method(10, 41).await;
-        client
+    }
+
+    /// On a fresh connection: the protocol header and the handshake as guest with these tune
+    /// values, up to open-ok.
+    pub async fn login(&mut self, channel_max: u16, frame_max: u32, heartbeat: u16) {
+        self.begin().await;
+        self.send_start_ok(b"\0guest\0guest", true).await;
+        self.expect_method(10, 30).await;
+        self.send_tune_ok(channel_max, frame_max, heartbeat).await;
+        self.send_open().await;
+        self.expect_method(10, 41).await;
+    }
+
+    /// Sends `connection.open` for vhost `/`.
+    pub async fn send_open(&mut self) {
+        self.send(&frame(
+            1,
+            0,
+            &method(10, 40, &[shortstr("/"), shortstr(""), vec![0]].concat()),
+        ))
+        .await;
     }
 
     /// Sends `connection.start-ok` with PLAIN and this response.

@@ -44,8 +44,17 @@ pub struct Broker {
     next_connection_id: AtomicU64,
     /// The durable store and its sync thread; `None` with `--ephemeral`.
     durable: Option<Durable>,
-    /// Connections still in the handshake, per peer address (slowloris guard).
-    handshaking: parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Connections still in the handshake, per peer address and in all (slowloris guard).
+    handshaking: parking_lot::Mutex<Handshaking>,
+}
+
+/// Counts of connections between accept and `connection.open`.
+#[derive(Default)]
+struct Handshaking {
+    /// Per peer address; an address with none has no entry.
+    per_ip: HashMap<std::net::IpAddr, usize>,
+    /// The sum over every address.
+    total: usize,
 }
 
 /// A connection counted as unauthenticated until this is dropped (when it opens or closes).
@@ -58,10 +67,11 @@ impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         if let Some(broker) = self.broker.upgrade() {
             let mut counts = broker.handshaking.lock();
-            if let Some(n) = counts.get_mut(&self.peer) {
+            counts.total = counts.total.saturating_sub(1);
+            if let Some(n) = counts.per_ip.get_mut(&self.peer) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    counts.remove(&self.peer);
+                    counts.per_ip.remove(&self.peer);
                 }
             }
         }
@@ -145,7 +155,7 @@ impl Broker {
             disk,
             next_connection_id: AtomicU64::new(1),
             durable,
-            handshaking: parking_lot::Mutex::new(HashMap::new()),
+            handshaking: parking_lot::Mutex::new(Handshaking::default()),
         })
     }
 
@@ -160,15 +170,20 @@ impl Broker {
     }
 
     /// Counts a new connection from `peer` as unauthenticated; `None` when that peer already
-    /// has `max_unauthenticated_per_ip` connections in the handshake (REFERENCE row 2).
+    /// has `max_unauthenticated_per_ip` connections in the handshake, or all peers together
+    /// have `max_unauthenticated` (REFERENCE row 2).
     pub fn begin_handshake(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<HandshakeSlot> {
-        let limit = self.config.limits.max_unauthenticated_per_ip;
+        let limits = &self.config.limits;
         let mut counts = self.handshaking.lock();
-        let n = counts.entry(peer).or_insert(0);
-        if limit != 0 && *n >= limit {
+        if limits.max_unauthenticated != 0 && counts.total >= limits.max_unauthenticated {
+            return None;
+        }
+        let n = counts.per_ip.entry(peer).or_insert(0);
+        if limits.max_unauthenticated_per_ip != 0 && *n >= limits.max_unauthenticated_per_ip {
             return None;
         }
         *n += 1;
+        counts.total += 1;
         Some(HandshakeSlot {
             broker: Arc::downgrade(self),
             peer,

@@ -67,6 +67,13 @@ pub struct Limits {
     /// Connections from one address still in the handshake at once; more are closed at
     /// once (a slowloris guard; RabbitMQ has none, 0 disables it).
     pub max_unauthenticated_per_ip: usize,
+    /// Connections from all addresses still in the handshake at once; more are closed at once
+    /// (the same guard against many addresses; 0 disables it).
+    pub max_unauthenticated: usize,
+    /// How long a refused login waits before its answer (the 403 close, or the plain close
+    /// for clients without `authentication_failure_close`), holding its unauthenticated slot
+    /// meanwhile, so guessing passwords is slow. RabbitMQ 3.10 waits 3 s before closing.
+    pub auth_failure_delay: Duration,
     /// A channel holding a delivery unacknowledged for longer is closed with 406
     /// (RabbitMQ's `consumer_timeout`, 30 minutes); `None` disables it.
     pub consumer_timeout: Option<Duration>,
@@ -113,6 +120,8 @@ impl Default for Limits {
             max_connections: 65_536,
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
             max_unauthenticated_per_ip: 4096,
+            max_unauthenticated: 16_384,
+            auth_failure_delay: Duration::from_secs(3),
         }
     }
 }
@@ -202,6 +211,8 @@ struct FileLimits {
     max_connections: Option<usize>,
     consumer_timeout_ms: Option<u64>,
     max_unauthenticated_per_ip: Option<usize>,
+    max_unauthenticated: Option<usize>,
+    auth_failure_delay_ms: Option<u64>,
 }
 
 /// `memory_high_watermark` as written: bytes (an integer), a fraction (a float), or text
@@ -361,6 +372,12 @@ fn apply_file(mut cfg: Config, file: FileConfig) -> Result<Config, ConfigError> 
         }
         if let Some(v) = limits.max_unauthenticated_per_ip {
             l.max_unauthenticated_per_ip = v;
+        }
+        if let Some(v) = limits.max_unauthenticated {
+            l.max_unauthenticated = v;
+        }
+        if let Some(v) = limits.auth_failure_delay_ms {
+            l.auth_failure_delay = Duration::from_millis(v);
         }
         if let Some(v) = limits.consumer_timeout_ms {
             l.consumer_timeout = (v > 0).then(|| Duration::from_millis(v));
