@@ -87,7 +87,7 @@ for _ in $(seq 100); do
     grep -q "listening on" "$OUT_DIR/warren.log" 2>/dev/null && break
     sleep 0.1
 done
-run_one "warren-$BACKLOG" "amqp://guest:guest@127.0.0.1:$PORT/%2f" "$WARREN_PID" "$BACKLOG"
+run_one "warren-$BACKLOG-$BUDGET" "amqp://guest:guest@127.0.0.1:$PORT/%2f" "$WARREN_PID" "$BACKLOG"
 echo "data folder at its largest: see $OUT_DIR/warren.log; disk now: $(du -sh "$DATA_DIR" | cut -f1)" >&2
 kill "$WARREN_PID"
 wait "$WARREN_PID" 2>/dev/null || true
