@@ -55,6 +55,22 @@ impl TestBroker {
     }
 }
 
+/// Messages ready in `queue` (a passive `queue.declare`; panics if the queue is missing).
+pub async fn message_count(channel: &lapin::Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("passive declare")
+        .message_count()
+}
+
 /// The AMQP reply code and text in a lapin error, if the broker closed with one.
 pub fn amqp_error(err: &lapin::Error) -> Option<(u16, String)> {
     match err.kind() {
@@ -159,6 +175,43 @@ impl RawClient {
         }
     }
 
+    /// Connects and sends the protocol header; returns once `connection.start` has arrived.
+    pub async fn started(addr: SocketAddr) -> RawClient {
+        let mut client = RawClient::connect(addr).await;
+        client.begin().await;
+        client
+    }
+
+    /// Sends the protocol header and waits for `connection.start`.
+    pub async fn begin(&mut self) {
+        self.send(b"AMQP\x00\x00\x09\x01").await;
+        self.expect_method(10, 10).await;
+    }
+
+    /// Connects from another local address (any of 127.0.0.0/8 works on Linux), so that the
+    /// broker sees a different peer address.
+    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(local, 0)).expect("bind");
+        RawClient::connect_socket(socket, addr).await
+    }
+
+    /// Connects with a small, fixed receive buffer, so that a client that stops reading
+    /// backs the broker up after a few KiB instead of the kernel's autotuned megabytes.
+    pub async fn connect_small_window(addr: SocketAddr) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        RawClient::connect_socket(socket, addr).await
+    }
+
+    async fn connect_socket(socket: tokio::net::TcpSocket, addr: SocketAddr) -> RawClient {
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// Sends bytes.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
@@ -240,20 +293,29 @@ impl RawClient {
         heartbeat: u16,
     ) -> RawClient {
         let mut client = RawClient::connect(addr).await;
-        client.send(b"AMQP\x00\x00\x09\x01").await;
-        client.expect_method(10, 10).await;
-        client.send_start_ok(b"\0guest\0guest", true).await;
-        client.expect_method(10, 30).await;
-        client.send_tune_ok(channel_max, frame_max, heartbeat).await;
+        client.login(channel_max, frame_max, heartbeat).await;
         client
-            .send(&frame(
-                1,
-                0,
-                &method(10, 40, &[shortstr("/"), shortstr(""), vec![0]].concat()),
-            ))
-            .await;
-        client.expect_method(10, 41).await;
-        client
+    }
+
+    /// On a fresh connection: the protocol header and the handshake as guest with these tune
+    /// values, up to open-ok.
+    pub async fn login(&mut self, channel_max: u16, frame_max: u32, heartbeat: u16) {
+        self.begin().await;
+        self.send_start_ok(b"\0guest\0guest", true).await;
+        self.expect_method(10, 30).await;
+        self.send_tune_ok(channel_max, frame_max, heartbeat).await;
+        self.send_open().await;
+        self.expect_method(10, 41).await;
+    }
+
+    /// Sends `connection.open` for vhost `/`.
+    pub async fn send_open(&mut self) {
+        self.send(&frame(
+            1,
+            0,
+            &method(10, 40, &[shortstr("/"), shortstr(""), vec![0]].concat()),
+        ))
+        .await;
     }
 
     /// Sends `connection.start-ok` with PLAIN and this response.

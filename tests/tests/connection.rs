@@ -203,7 +203,7 @@ async fn client_close_gets_close_ok() {
 #[tokio::test]
 async fn memory_alarm_blocks_publishers_until_consumers_free_memory() {
     let mut config = Config::for_tests();
-    config.limits.memory_high_watermark = 64 * 1024;
+    config.limits.memory_high_watermark = warren_server::memory::MemoryLimit::Absolute(64 * 1024);
     let broker = TestBroker::start_with(config).await;
     let (publisher_conn, publisher) = broker.channel().await;
     let events = publisher_conn.events_listener();

@@ -3157,6 +3157,118 @@ impl Method {
         }
     }
 
+    /// Whether every short string field holds UTF-8. RabbitMQ 3.10 closes the connection
+    /// with 501 `Malformed UTF-8 in shortstr` otherwise (except for `basic.publish`).
+    pub fn short_strings_are_utf8(&self) -> bool {
+        match self {
+            Method::ConnectionStart(_) => true,
+            Method::ConnectionStartOk(m) => {
+                std::str::from_utf8(m.mechanism.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.locale.as_bytes()).is_ok()
+            }
+            Method::ConnectionSecure(_) => true,
+            Method::ConnectionSecureOk(_) => true,
+            Method::ConnectionTune(_) => true,
+            Method::ConnectionTuneOk(_) => true,
+            Method::ConnectionOpen(m) => std::str::from_utf8(m.virtual_host.as_bytes()).is_ok(),
+            Method::ConnectionOpenOk(_) => true,
+            Method::ConnectionClose(m) => std::str::from_utf8(m.reply_text.as_bytes()).is_ok(),
+            Method::ConnectionCloseOk(_) => true,
+            Method::ConnectionBlocked(m) => std::str::from_utf8(m.reason.as_bytes()).is_ok(),
+            Method::ConnectionUnblocked(_) => true,
+            Method::ConnectionUpdateSecret(m) => std::str::from_utf8(m.reason.as_bytes()).is_ok(),
+            Method::ConnectionUpdateSecretOk(_) => true,
+            Method::ChannelOpen(_) => true,
+            Method::ChannelOpenOk(_) => true,
+            Method::ChannelFlow(_) => true,
+            Method::ChannelFlowOk(_) => true,
+            Method::ChannelClose(m) => std::str::from_utf8(m.reply_text.as_bytes()).is_ok(),
+            Method::ChannelCloseOk(_) => true,
+            Method::AccessRequest(m) => std::str::from_utf8(m.realm.as_bytes()).is_ok(),
+            Method::AccessRequestOk(_) => true,
+            Method::ExchangeDeclare(m) => {
+                std::str::from_utf8(m.exchange.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.kind.as_bytes()).is_ok()
+            }
+            Method::ExchangeDeclareOk(_) => true,
+            Method::ExchangeDelete(m) => std::str::from_utf8(m.exchange.as_bytes()).is_ok(),
+            Method::ExchangeDeleteOk(_) => true,
+            Method::ExchangeBind(m) => {
+                std::str::from_utf8(m.destination.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.source.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.routing_key.as_bytes()).is_ok()
+            }
+            Method::ExchangeBindOk(_) => true,
+            Method::ExchangeUnbind(m) => {
+                std::str::from_utf8(m.destination.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.source.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.routing_key.as_bytes()).is_ok()
+            }
+            Method::ExchangeUnbindOk(_) => true,
+            Method::QueueDeclare(m) => std::str::from_utf8(m.queue.as_bytes()).is_ok(),
+            Method::QueueDeclareOk(m) => std::str::from_utf8(m.queue.as_bytes()).is_ok(),
+            Method::QueueBind(m) => {
+                std::str::from_utf8(m.queue.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.exchange.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.routing_key.as_bytes()).is_ok()
+            }
+            Method::QueueBindOk(_) => true,
+            Method::QueuePurge(m) => std::str::from_utf8(m.queue.as_bytes()).is_ok(),
+            Method::QueuePurgeOk(_) => true,
+            Method::QueueDelete(m) => std::str::from_utf8(m.queue.as_bytes()).is_ok(),
+            Method::QueueDeleteOk(_) => true,
+            Method::QueueUnbind(m) => {
+                std::str::from_utf8(m.queue.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.exchange.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.routing_key.as_bytes()).is_ok()
+            }
+            Method::QueueUnbindOk(_) => true,
+            Method::BasicQos(_) => true,
+            Method::BasicQosOk(_) => true,
+            Method::BasicConsume(m) => {
+                std::str::from_utf8(m.queue.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.consumer_tag.as_bytes()).is_ok()
+            }
+            Method::BasicConsumeOk(m) => std::str::from_utf8(m.consumer_tag.as_bytes()).is_ok(),
+            Method::BasicCancel(m) => std::str::from_utf8(m.consumer_tag.as_bytes()).is_ok(),
+            Method::BasicCancelOk(m) => std::str::from_utf8(m.consumer_tag.as_bytes()).is_ok(),
+            Method::BasicPublish(m) => {
+                std::str::from_utf8(m.exchange.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.routing_key.as_bytes()).is_ok()
+            }
+            Method::BasicReturn(m) => {
+                std::str::from_utf8(m.reply_text.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.exchange.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.routing_key.as_bytes()).is_ok()
+            }
+            Method::BasicDeliver(m) => {
+                std::str::from_utf8(m.consumer_tag.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.exchange.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.routing_key.as_bytes()).is_ok()
+            }
+            Method::BasicGet(m) => std::str::from_utf8(m.queue.as_bytes()).is_ok(),
+            Method::BasicGetOk(m) => {
+                std::str::from_utf8(m.exchange.as_bytes()).is_ok()
+                    && std::str::from_utf8(m.routing_key.as_bytes()).is_ok()
+            }
+            Method::BasicGetEmpty(_) => true,
+            Method::BasicAck(_) => true,
+            Method::BasicReject(_) => true,
+            Method::BasicRecoverAsync(_) => true,
+            Method::BasicRecover(_) => true,
+            Method::BasicRecoverOk(_) => true,
+            Method::BasicNack(_) => true,
+            Method::TxSelect(_) => true,
+            Method::TxSelectOk(_) => true,
+            Method::TxCommit(_) => true,
+            Method::TxCommitOk(_) => true,
+            Method::TxRollback(_) => true,
+            Method::TxRollbackOk(_) => true,
+            Method::ConfirmSelect(_) => true,
+            Method::ConfirmSelectOk(_) => true,
+        }
+    }
+
     /// Decodes a method frame's payload: class id, method id, then the fields. Every byte
     /// must be consumed. String fields are zero-copy slices of `payload`.
     pub fn decode(payload: &Bytes) -> Result<Method, DecodeError> {

@@ -995,6 +995,37 @@ fn emit_method_enum(spec: &Spec, out: &mut String) -> std::fmt::Result {
 
     writeln!(
         out,
+        "    /// Whether every short string field holds UTF-8. RabbitMQ 3.10 closes the connection"
+    )?;
+    writeln!(
+        out,
+        "    /// with 501 `Malformed UTF-8 in shortstr` otherwise (except for `basic.publish`)."
+    )?;
+    writeln!(out, "    pub fn short_strings_are_utf8(&self) -> bool {{")?;
+    writeln!(out, "        match self {{")?;
+    for method in &spec.methods {
+        let checks: Vec<String> = method
+            .fields
+            .iter()
+            .filter(|f| !f.reserved && f.kind == Kind::ShortStr)
+            .map(|f| format!("std::str::from_utf8(m.{}.as_bytes()).is_ok()", f.rust_name))
+            .collect();
+        if checks.is_empty() {
+            writeln!(out, "            Method::{}(_) => true,", method.rust_name)?;
+        } else {
+            writeln!(
+                out,
+                "            Method::{}(m) => {},",
+                method.rust_name,
+                checks.join(" && ")
+            )?;
+        }
+    }
+    writeln!(out, "        }}")?;
+    writeln!(out, "    }}")?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "    /// Decodes a method frame's payload: class id, method id, then the fields. Every byte"
     )?;
     writeln!(

@@ -21,8 +21,10 @@ use warren_router::{
 };
 
 use crate::config::Config;
+use crate::disk::DiskMonitor;
 use crate::error::{AmqpError, ChannelError, ConnectionError};
 use crate::memory::MemoryMonitor;
+use crate::pager::Pager;
 use crate::queue::QueueEntity;
 
 /// The broker: configuration, vhosts, the memory account and the durable store.
@@ -33,12 +35,26 @@ pub struct Broker {
     vhosts: HashMap<String, Arc<VHost>>,
     /// Bytes held by queues, and the memory alarm.
     pub memory: Arc<MemoryMonitor>,
+    /// The thread that pages bodies out above the paging threshold and reads them back ahead
+    /// of consumers.
+    pager: Pager,
+    /// Free disk space and store write failures, and the disk alarm.
+    pub disk: Arc<DiskMonitor>,
     /// Source of connection ids (exclusive queue owners, log lines).
     next_connection_id: AtomicU64,
     /// The durable store and its sync thread; `None` with `--ephemeral`.
     durable: Option<Durable>,
-    /// Connections still in the handshake, per peer address (slowloris guard).
-    handshaking: parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Connections still in the handshake, per peer address and in all (slowloris guard).
+    handshaking: parking_lot::Mutex<Handshaking>,
+}
+
+/// Counts of connections between accept and `connection.open`.
+#[derive(Default)]
+struct Handshaking {
+    /// Per peer address; an address with none has no entry.
+    per_ip: HashMap<std::net::IpAddr, usize>,
+    /// The sum over every address.
+    total: usize,
 }
 
 /// A connection counted as unauthenticated until this is dropped (when it opens or closes).
@@ -51,10 +67,11 @@ impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         if let Some(broker) = self.broker.upgrade() {
             let mut counts = broker.handshaking.lock();
-            if let Some(n) = counts.get_mut(&self.peer) {
+            counts.total = counts.total.saturating_sub(1);
+            if let Some(n) = counts.per_ip.get_mut(&self.peer) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    counts.remove(&self.peer);
+                    counts.per_ip.remove(&self.peer);
                 }
             }
         }
@@ -87,12 +104,21 @@ impl Broker {
     /// `ephemeral`, the data folder is opened and its durable exchanges, queues (with their
     /// messages) and bindings are declared again.
     pub fn new(config: Arc<Config>) -> Result<Self, OpenError> {
-        let memory = Arc::new(MemoryMonitor::new(config.limits.memory_high_watermark));
+        let memory = Arc::new(memory_monitor(&config));
+        let disk = Arc::new(DiskMonitor::new(
+            config.data_dir.clone(),
+            config.limits.disk_free_limit,
+        ));
         let mut recovery = None;
         let durable = if config.ephemeral {
             None
         } else {
-            let (store, recovered) = Store::open(&config.data_dir)?;
+            let (store, recovered) = match &config.store_backend {
+                Some(backend) => {
+                    Store::open_with(Arc::clone(backend), warren_store::StoreOptions::default())?
+                }
+                None => Store::open(&config.data_dir)?,
+            };
             let report = recovered.report;
             tracing::info!(
                 data_dir = %config.data_dir.display(),
@@ -102,7 +128,7 @@ impl Broker {
                 "store opened"
             );
             recovery = Some(recovered);
-            Some(Durable::start(Arc::new(store)))
+            Some(Durable::start(Arc::new(store), Arc::clone(&disk)))
         };
         let store = durable.as_ref().map(|d| Arc::clone(&d.store));
         let vhosts: HashMap<String, Arc<VHost>> = config
@@ -120,13 +146,16 @@ impl Broker {
         if let Some(recovery) = recovery {
             recover(&vhosts, recovery);
         }
+        let pager = Pager::start(Arc::clone(&memory), durable.is_some());
         Ok(Broker {
             config,
             vhosts,
             memory,
+            pager,
+            disk,
             next_connection_id: AtomicU64::new(1),
             durable,
-            handshaking: parking_lot::Mutex::new(HashMap::new()),
+            handshaking: parking_lot::Mutex::new(Handshaking::default()),
         })
     }
 
@@ -141,15 +170,20 @@ impl Broker {
     }
 
     /// Counts a new connection from `peer` as unauthenticated; `None` when that peer already
-    /// has `max_unauthenticated_per_ip` connections in the handshake (REFERENCE row 2).
+    /// has `max_unauthenticated_per_ip` connections in the handshake, or all peers together
+    /// have `max_unauthenticated` (REFERENCE row 2).
     pub fn begin_handshake(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<HandshakeSlot> {
-        let limit = self.config.limits.max_unauthenticated_per_ip;
+        let limits = &self.config.limits;
         let mut counts = self.handshaking.lock();
-        let n = counts.entry(peer).or_insert(0);
-        if limit != 0 && *n >= limit {
+        if limits.max_unauthenticated != 0 && counts.total >= limits.max_unauthenticated {
+            return None;
+        }
+        let n = counts.per_ip.entry(peer).or_insert(0);
+        if limits.max_unauthenticated_per_ip != 0 && *n >= limits.max_unauthenticated_per_ip {
             return None;
         }
         *n += 1;
+        counts.total += 1;
         Some(HandshakeSlot {
             broker: Arc::downgrade(self),
             peer,
@@ -161,6 +195,17 @@ impl Broker {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Why publishers are blocked now, as `connection.blocked` says it (RabbitMQ's texts);
+    /// `None` when no resource alarm is on.
+    pub fn alarm_reason(&self) -> Option<&'static str> {
+        match (self.memory.alarm(), self.disk.alarm()) {
+            (false, false) => None,
+            (true, false) => Some("low on memory"),
+            (false, true) => Some("low on disk"),
+            (true, true) => Some("low on memory & disk"),
+        }
+    }
+
     /// What the sync thread reported last; `None` with `--ephemeral`.
     pub fn sync_state(&self) -> Option<watch::Receiver<SyncState>> {
         self.durable.as_ref().map(|d| d.state.clone())
@@ -169,6 +214,7 @@ impl Broker {
     /// Stops the sync thread and marks the data folder cleanly closed. Call once no
     /// connection uses a queue any more.
     pub fn close_store(&self) {
+        self.pager.stop();
         if let Some(durable) = &self.durable {
             durable.stop.store(true, Ordering::Release);
             if let Some(thread) = durable.thread.lock().take() {
@@ -191,8 +237,9 @@ impl Drop for Broker {
 
 impl Durable {
     /// Starts the sync thread: it waits for appended records, fdatasyncs them all at once
-    /// (group commit) and publishes the durable position for the channels' confirms.
-    fn start(store: Arc<Store>) -> Durable {
+    /// (group commit) and publishes the durable position for the channels' confirms. A failed
+    /// sync nacks the confirms it may have lost and holds the disk alarm until a sync works.
+    fn start(store: Arc<Store>, disk: Arc<DiskMonitor>) -> Durable {
         let (tx, state) = watch::channel(SyncState::default());
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -204,6 +251,7 @@ impl Durable {
                     while !stop.load(Ordering::Acquire) {
                         match store.wait_and_sync(Duration::from_millis(50)) {
                             Ok(Some(synced)) => {
+                                disk.set_store_failing(false);
                                 tx.send_modify(|state| state.synced = state.synced.max(synced));
                             }
                             Ok(None) => {
@@ -218,6 +266,7 @@ impl Durable {
                             }
                             Err(failed) => {
                                 tracing::error!(error = %failed, "sync failed: nacking confirms");
+                                disk.set_store_failing(true);
                                 tx.send_modify(|state| state.failed = failed.upto);
                                 std::thread::sleep(Duration::from_millis(100));
                             }
@@ -233,6 +282,26 @@ impl Durable {
             thread: parking_lot::Mutex::new(thread),
         }
     }
+}
+
+/// The memory account with the configured budget: `memory_high_watermark` resolved against
+/// the RAM (RabbitMQ assumes 1 GiB when it cannot tell; Warren too).
+fn memory_monitor(config: &Config) -> MemoryMonitor {
+    let limits = &config.limits;
+    let total = crate::memory::total_memory().unwrap_or_else(|| {
+        tracing::warn!("cannot read the amount of RAM; assuming 1 GiB");
+        1 << 30
+    });
+    let limit = limits.memory_high_watermark.resolve(total);
+    let monitor = MemoryMonitor::new(limit, limits.memory_paging_ratio);
+    tracing::info!(
+        budget = limit,
+        setting = %limits.memory_high_watermark,
+        ram = total,
+        paging_above = monitor.paging_threshold(),
+        "memory budget"
+    );
+    monitor
 }
 
 /// Declares again what the store recovered: exchanges, then queues with their messages, then
@@ -276,6 +345,7 @@ fn recover(vhosts: &HashMap<String, Arc<VHost>>, recovery: Recovery) {
             Arc::clone(&vhost.memory),
             messages,
         ));
+        vhost.memory.register(&queue);
         queue.set_dead_letter_sink(vhost.me.clone());
         if queue.expires.is_some() || queue.expiring.load(Ordering::Relaxed) {
             vhost.register_expiring(Arc::downgrade(&queue));
@@ -419,6 +489,14 @@ impl VHost {
         }
     }
 
+    /// An empty queue for messages that are not kept across restarts: with a data folder it
+    /// can spill bodies there under memory pressure, without one it lives in memory only.
+    fn transient_messages(&self) -> warren_store::Queue {
+        self.store
+            .as_ref()
+            .map_or_else(warren_store::Queue::new, |store| store.transient_queue())
+    }
+
     /// The store, when this definition must be durable.
     fn durable_store(&self, durable: bool) -> Option<&Arc<Store>> {
         self.store.as_ref().filter(|_| durable)
@@ -533,8 +611,9 @@ impl VHost {
             Some(conn_id),
             FieldTable::new(),
             Arc::clone(&self.memory),
-            warren_store::Queue::new(),
+            self.transient_messages(),
         ));
+        self.memory.register(&queue);
         self.reply_queues.write().insert(name, Arc::clone(&queue));
         queue
     }
@@ -679,7 +758,7 @@ impl VHost {
                 };
                 blocking(|| store.declare_queue(&def)).map_err(store_error)?
             }
-            None => warren_store::Queue::new(),
+            None => self.transient_messages(),
         };
         let queue = Arc::new(QueueEntity::new(
             name.clone(),
@@ -691,6 +770,7 @@ impl VHost {
             Arc::clone(&self.memory),
             messages,
         ));
+        self.memory.register(&queue);
         queue.set_dead_letter_sink(self.me.clone());
         if queue.expires.is_some() {
             self.register_expiring(Arc::downgrade(&queue));

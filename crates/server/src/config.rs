@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth;
+use crate::memory::MemoryLimit;
 
 /// Everything the broker needs to start. `Config::default()` is a broker on 127.0.0.1:5672
 /// with guest/guest on vhost `/`, which is what `warren` with no arguments runs.
@@ -31,6 +32,11 @@ pub struct Config {
     pub vhosts: Vec<String>,
     /// Users that may only log in from a loopback address (RabbitMQ's `loopback_users`).
     pub loopback_users: Vec<String>,
+    /// Tests only: open the store on this backend (e.g. a `warren_store::MemBackend` that can
+    /// fail writes as a full disk does) instead of files in `data_dir`, which is then only
+    /// measured for free space. `None` (the default, and the only value the binary uses) is the
+    /// real data folder.
+    pub store_backend: Option<std::sync::Arc<dyn warren_store::Backend>>,
 }
 
 /// Limits negotiated with clients or enforced on them.
@@ -45,8 +51,15 @@ pub struct Limits {
     /// Largest message body accepted; larger declared sizes close the channel with 406.
     /// 128 MiB, RabbitMQ 3.x's default (4.x lowered it to 16 MiB).
     pub max_message_size: u64,
-    /// Bytes of message bodies held in queues above which publishers are blocked.
-    pub memory_high_watermark: u64,
+    /// The memory budget for messages (RabbitMQ's `vm_memory_high_watermark`): a fraction of
+    /// the RAM (default 0.4) or bytes. Above it publishers are blocked (the memory alarm).
+    pub memory_high_watermark: MemoryLimit,
+    /// Above this fraction of the budget, bodies of long queues are paged out to disk
+    /// (RabbitMQ's `vm_memory_high_watermark_paging_ratio`, 0.5).
+    pub memory_paging_ratio: f64,
+    /// Free bytes on the data folder's file system below which publishers are blocked
+    /// (RabbitMQ's `disk_free_limit`, 50 MB by default; 0 disables the check).
+    pub disk_free_limit: u64,
     /// Time a client has to finish the handshake (start-ok, tune-ok, open).
     pub handshake_timeout: Duration,
     /// Connections accepted at once; further ones wait in the kernel's accept queue.
@@ -54,6 +67,13 @@ pub struct Limits {
     /// Connections from one address still in the handshake at once; more are closed at
     /// once (a slowloris guard; RabbitMQ has none, 0 disables it).
     pub max_unauthenticated_per_ip: usize,
+    /// Connections from all addresses still in the handshake at once; more are closed at once
+    /// (the same guard against many addresses; 0 disables it).
+    pub max_unauthenticated: usize,
+    /// How long a refused login waits before its answer (the 403 close, or the plain close
+    /// for clients without `authentication_failure_close`), holding its unauthenticated slot
+    /// meanwhile, so guessing passwords is slow. RabbitMQ 3.10 waits 3 s before closing.
+    pub auth_failure_delay: Duration,
     /// A channel holding a delivery unacknowledged for longer is closed with 406
     /// (RabbitMQ's `consumer_timeout`, 30 minutes); `None` disables it.
     pub consumer_timeout: Option<Duration>,
@@ -93,11 +113,15 @@ impl Default for Limits {
             channel_max: 2047,
             heartbeat: 60,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            memory_high_watermark: 2 * 1024 * 1024 * 1024,
+            memory_high_watermark: MemoryLimit::default(),
+            memory_paging_ratio: 0.5,
+            disk_free_limit: crate::disk::DEFAULT_DISK_FREE_LIMIT,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 65_536,
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
             max_unauthenticated_per_ip: 4096,
+            max_unauthenticated: 16_384,
+            auth_failure_delay: Duration::from_secs(3),
         }
     }
 }
@@ -128,6 +152,7 @@ impl Default for Config {
             }],
             vhosts: vec!["/".to_owned()],
             loopback_users: vec!["guest".to_owned()],
+            store_backend: None,
         }
     }
 }
@@ -179,11 +204,41 @@ struct FileLimits {
     channel_max: Option<u16>,
     heartbeat: Option<u16>,
     max_message_size: Option<u64>,
-    memory_high_watermark: Option<u64>,
+    memory_high_watermark: Option<FileMemoryLimit>,
+    memory_paging_ratio: Option<f64>,
+    disk_free_limit: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     consumer_timeout_ms: Option<u64>,
     max_unauthenticated_per_ip: Option<usize>,
+    max_unauthenticated: Option<usize>,
+    auth_failure_delay_ms: Option<u64>,
+}
+
+/// `memory_high_watermark` as written: bytes (an integer), a fraction (a float), or text
+/// (`"40%"`, `"2GiB"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileMemoryLimit {
+    Bytes(u64),
+    Fraction(f64),
+    Text(String),
+}
+
+impl FileMemoryLimit {
+    fn resolve(self) -> Result<MemoryLimit, ConfigError> {
+        match self {
+            FileMemoryLimit::Bytes(bytes) => Ok(MemoryLimit::Absolute(bytes)),
+            FileMemoryLimit::Fraction(fraction) => {
+                MemoryLimit::relative(fraction).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "memory_high_watermark {fraction}: a fraction of the RAM must be in (0, 1]"
+                    ))
+                })
+            }
+            FileMemoryLimit::Text(text) => MemoryLimit::parse(&text).map_err(ConfigError::Invalid),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +266,8 @@ pub struct Overrides {
     pub ephemeral: bool,
     /// `--log-level LEVEL`.
     pub log_level: Option<String>,
+    /// `--memory-high-watermark LIMIT` (`0.4`, `40%`, `2GiB`, bytes).
+    pub memory_high_watermark: Option<String>,
 }
 
 /// Loads defaults, then the file (if any), then `WARREN_*` variables, then `overrides`.
@@ -242,6 +299,10 @@ pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
     }
     if let Some(level) = &overrides.log_level {
         cfg.log_level = level.clone();
+    }
+    if let Some(limit) = &overrides.memory_high_watermark {
+        cfg.limits.memory_high_watermark =
+            MemoryLimit::parse(limit).map_err(ConfigError::Invalid)?;
     }
     validate(&cfg)?;
     Ok(cfg)
@@ -295,7 +356,13 @@ fn apply_file(mut cfg: Config, file: FileConfig) -> Result<Config, ConfigError> 
             l.max_message_size = v;
         }
         if let Some(v) = limits.memory_high_watermark {
-            l.memory_high_watermark = v;
+            l.memory_high_watermark = v.resolve()?;
+        }
+        if let Some(v) = limits.memory_paging_ratio {
+            l.memory_paging_ratio = v;
+        }
+        if let Some(v) = limits.disk_free_limit {
+            l.disk_free_limit = v;
         }
         if let Some(v) = limits.handshake_timeout_ms {
             l.handshake_timeout = Duration::from_millis(v);
@@ -305,6 +372,12 @@ fn apply_file(mut cfg: Config, file: FileConfig) -> Result<Config, ConfigError> 
         }
         if let Some(v) = limits.max_unauthenticated_per_ip {
             l.max_unauthenticated_per_ip = v;
+        }
+        if let Some(v) = limits.max_unauthenticated {
+            l.max_unauthenticated = v;
+        }
+        if let Some(v) = limits.auth_failure_delay_ms {
+            l.auth_failure_delay = Duration::from_millis(v);
         }
         if let Some(v) = limits.consumer_timeout_ms {
             l.consumer_timeout = (v > 0).then(|| Duration::from_millis(v));
@@ -369,6 +442,12 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
             l.frame_max
         )));
     }
+    if !(l.memory_paging_ratio > 0.0 && l.memory_paging_ratio <= 1.0) {
+        return Err(ConfigError::Invalid(format!(
+            "memory_paging_ratio {} must be in (0, 1]",
+            l.memory_paging_ratio
+        )));
+    }
     if l.max_message_size > HARD_MAX_MESSAGE_SIZE {
         return Err(ConfigError::Invalid(format!(
             "max_message_size {} is above the hard cap {HARD_MAX_MESSAGE_SIZE}",
@@ -408,8 +487,50 @@ mod tests {
         let cfg = load_file(&path).unwrap();
         assert_eq!(cfg.limits.frame_max, 131_072);
         assert_eq!(cfg.limits.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(
+            cfg.limits.disk_free_limit,
+            crate::disk::DEFAULT_DISK_FREE_LIMIT
+        );
         assert!(cfg.users.iter().any(|u| u.name == "guest"));
         assert!(cfg.vhosts.iter().any(|v| v == "/"));
+    }
+
+    #[test]
+    fn memory_limits_load_from_files_in_every_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |limits: &str| {
+            let path = dir.path().join("warren.toml");
+            std::fs::write(&path, format!("[limits]\n{limits}\n")).unwrap();
+            load_file(&path).map(|cfg| {
+                (
+                    cfg.limits.memory_high_watermark,
+                    cfg.limits.memory_paging_ratio,
+                )
+            })
+        };
+        assert_eq!(
+            load("memory_high_watermark = 0.25").unwrap(),
+            (MemoryLimit::Relative(0.25), 0.5)
+        );
+        assert_eq!(
+            load("memory_high_watermark = 1073741824\nmemory_paging_ratio = 0.75").unwrap(),
+            (MemoryLimit::Absolute(1 << 30), 0.75)
+        );
+        assert_eq!(
+            load("memory_high_watermark = \"2GiB\"").unwrap().0,
+            MemoryLimit::Absolute(2 << 30)
+        );
+        assert_eq!(
+            load("memory_high_watermark = \"60%\"").unwrap().0,
+            MemoryLimit::Relative(0.6)
+        );
+        assert!(load("memory_high_watermark = 1.5").is_err());
+        assert!(load("memory_high_watermark = \"lots\"").is_err());
+        assert!(load("memory_paging_ratio = 0.0").is_err());
+        assert_eq!(
+            Config::default().limits.memory_high_watermark,
+            MemoryLimit::Relative(0.4)
+        );
     }
 
     #[test]

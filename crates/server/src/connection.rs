@@ -47,6 +47,10 @@ const INITIAL_READ_BUFFER: usize = 4096;
 /// Write buffer size above which the connection stops taking deliveries from its outbox until
 /// the socket drains.
 const WRITE_HIGH_WATER: usize = 1024 * 1024;
+/// Write buffer size above which the connection also stops reading and handling the client's
+/// frames, so a client that sends requests but never reads the replies cannot grow it without
+/// bound (REFERENCE row 16).
+const READ_PAUSE_OUTPUT: usize = 4 * WRITE_HIGH_WATER;
 
 /// Capabilities the client announced in `client-properties`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -97,6 +101,9 @@ enum Phase {
     AwaitTuneOk,
     AwaitOpen,
     Open,
+    /// A login was refused: input is dropped until `auth_failure_delay` has passed, then the
+    /// refusal (if any) is sent and the connection closes.
+    Refused,
     /// We sent `connection.close` and wait for `close-ok`; everything else is dropped.
     Closing,
     /// Done: flush and drop the socket.
@@ -121,7 +128,7 @@ pub struct Connection {
     outbox: Arc<Outbox>,
     /// Exclusive queues declared on this connection, deleted when it closes.
     exclusive_queues: Vec<Arc<crate::queue::QueueEntity>>,
-    /// Whether this connection published (only publishers are blocked by the memory alarm).
+    /// Whether this connection published (only publishers are blocked by resource alarms).
     has_published: bool,
     /// Whether we told the client it is blocked.
     sent_blocked: bool,
@@ -139,6 +146,9 @@ pub struct Connection {
     sync_changed: bool,
     /// Held until `connection.open`: counts this connection as unauthenticated.
     handshake_slot: Option<crate::broker::HandshakeSlot>,
+    /// In `Phase::Refused`: the `connection.close` to send when the delay is over (`None` for
+    /// clients that expect a plain socket close).
+    refusal: Option<ConnectionError>,
 }
 
 /// Runs one connection to completion. Never panics on client input; logs one line when opened
@@ -182,9 +192,10 @@ pub async fn serve(
             sync_changed: false,
             deadline: Some(Instant::now() + handshake_timeout),
             handshake_slot: None,
+            refusal: None,
         };
         let Some(slot) = conn.broker.begin_handshake(peer.ip()) else {
-            info!("too many unauthenticated connections from this address: closed");
+            info!("too many unauthenticated connections: closed");
             return;
         };
         conn.handshake_slot = Some(slot);
@@ -236,9 +247,12 @@ impl Connection {
         self.send_start();
 
         let mut alarm = self.broker.memory.subscribe();
+        let mut disk_alarm = self.broker.disk.subscribe();
         let mut pending: Vec<Outbound> = Vec::new();
         let mut last_read = Instant::now();
         let mut last_write = Instant::now();
+        // Since when output has been waiting without the socket taking any of it.
+        let mut write_stalled_since: Option<Instant> = None;
         let (mut reader, mut writer) = stream.split();
 
         loop {
@@ -253,13 +267,24 @@ impl Connection {
                 break;
             }
 
+            if self.out.buf.is_empty() {
+                write_stalled_since = None;
+            } else if write_stalled_since.is_none() {
+                write_stalled_since = Some(Instant::now());
+            }
             let blocked = self.sent_blocked
-                || (self.has_published && self.broker.memory.alarm() && self.phase == Phase::Open);
-            let can_read = !self.read_closed && !blocked;
+                || (self.has_published
+                    && self.broker.alarm_reason().is_some()
+                    && self.phase == Phase::Open);
+            let backlogged = self.out.buf.len() > READ_PAUSE_OUTPUT;
+            let can_read = !self.read_closed && !blocked && !backlogged;
             let heartbeat = Duration::from_secs(u64::from(self.heartbeat));
             let heartbeat_on = self.heartbeat != 0 && self.phase == Phase::Open;
             let next_heartbeat_send = last_write + heartbeat / 2;
             let peer_deadline = last_read + heartbeat * 2;
+            // A peer that takes none of our output for two intervals is as dead as a silent one
+            // (while we do not read, its heartbeats cannot show it alive).
+            let write_deadline = write_stalled_since.map(|since| since + heartbeat * 2);
             let ack_deadline = self.ack_deadline();
             let timer = {
                 let mut t = self.deadline;
@@ -268,8 +293,11 @@ impl Connection {
                 }
                 if heartbeat_on {
                     t = Some(t.map_or(next_heartbeat_send, |d| d.min(next_heartbeat_send)));
-                    if !blocked {
+                    if !blocked && !backlogged {
                         t = Some(t.map_or(peer_deadline, |d| d.min(peer_deadline)));
+                    }
+                    if let Some(w) = write_deadline {
+                        t = Some(t.map_or(w, |d| d.min(w)));
                     }
                 }
                 t
@@ -288,6 +316,7 @@ impl Connection {
                     }
                     self.out.buf.advance(n);
                     last_write = Instant::now();
+                    write_stalled_since = Some(last_write);
                 }
                 res = reader.read_buf(&mut inbuf), if can_read => {
                     let n = res?;
@@ -310,6 +339,7 @@ impl Connection {
                 }
                 _ = self.outbox.notify.notified() => {}
                 _ = alarm.changed() => {}
+                _ = disk_alarm.changed() => {}
                 changed = async {
                     match self.sync.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -330,14 +360,21 @@ impl Connection {
                 } => {
                     let now = Instant::now();
                     if let Some(d) = self.deadline && now >= d {
-                        if self.phase == Phase::Closing {
-                            debug!("no close-ok in time");
+                        if self.phase == Phase::Refused {
+                            self.end_refusal();
                         } else {
-                            info!("handshake timeout");
+                            if self.phase == Phase::Closing {
+                                debug!("no close-ok in time");
+                            } else {
+                                info!("handshake timeout");
+                            }
+                            self.phase = Phase::Done;
                         }
-                        self.phase = Phase::Done;
-                    } else if heartbeat_on && !blocked && now >= peer_deadline {
+                    } else if heartbeat_on && !blocked && !backlogged && now >= peer_deadline {
                         info!(timeout_s = self.heartbeat, "missed heartbeats from client, closing");
+                        self.phase = Phase::Done;
+                    } else if heartbeat_on && write_deadline.is_some_and(|w| now >= w) {
+                        info!(timeout_s = self.heartbeat, "client stopped reading, closing");
                         self.phase = Phase::Done;
                     } else if heartbeat_on && now >= next_heartbeat_send && self.out.buf.is_empty() {
                         frame::encode_heartbeat(&mut self.out.buf);
@@ -369,6 +406,10 @@ impl Connection {
             if matches!(self.phase, Phase::Done) {
                 return;
             }
+            if self.out.buf.len() > READ_PAUSE_OUTPUT && self.phase == Phase::Open {
+                // The client is not reading its replies: leave the rest for when it does.
+                return;
+            }
             let decoded = frame::decode_frame(inbuf, self.frame_max);
             let frame = match decoded {
                 Ok(Some(frame)) => frame,
@@ -396,9 +437,19 @@ impl Connection {
                     return;
                 }
             };
-            trace!(?frame, "frame");
+            if carries_credentials(&frame) {
+                trace!("frame: a method carrying credentials (not logged)");
+            } else {
+                trace!(?frame, "frame");
+            }
             if let Err(e) = self.handle_frame(frame) {
                 self.send_connection_close(e);
+            }
+            if self.discard_input {
+                // A refused login: what the client pipelined behind it must not be answered
+                // before the refusal (that would reveal the verdict early).
+                inbuf.clear();
+                return;
             }
         }
     }
@@ -487,6 +538,11 @@ impl Connection {
             ))
             .on(class_id, method_id));
         }
+        // Names, keys, tags and texts must be UTF-8, as RabbitMQ 3.10 checks them; publishes
+        // are exempt there too (their fields are never stored or shown as names).
+        if !matches!(method, Method::BasicPublish(_)) && !method.short_strings_are_utf8() {
+            return Err(ConnectionError::frame_error("Malformed UTF-8 in shortstr"));
+        }
         let exists = self.channel_mut(channel).is_some();
         match method {
             Method::ChannelOpen(_) if !exists => {
@@ -514,7 +570,7 @@ impl Connection {
                 }
             }
             Method::ChannelClose(close) => {
-                debug!(channel, code = close.reply_code, text = %close.reply_text, "client closed channel");
+                debug!(channel, code = close.reply_code, text = ?close.reply_text, "client closed channel");
                 self.close_channel(channel);
                 self.out.method(channel, m::ChannelCloseOk {});
                 Ok(())
@@ -583,7 +639,7 @@ impl Connection {
         match e {
             AmqpError::Connection(e) => Err(e),
             AmqpError::Channel(e) => {
-                info!(channel, code = e.code as u16, text = %e.text, "channel error");
+                info!(channel, code = e.code as u16, text = ?e.text, "channel error");
                 self.close_channel_state(channel);
                 if let Some(Some(ch)) = self.channels.get_mut(usize::from(channel)) {
                     ch.closing = true;
@@ -721,12 +777,12 @@ impl Connection {
                         // The consumer went away before this was sent: give it back.
                         consumer.release_credit();
                         if consumer.no_ack {
-                            queue.return_unsent(delivery.message);
+                            queue.return_unsent(delivery);
                         } else {
                             queue.requeue(delivery.offset);
-                            if !kick.iter().any(|q| Arc::ptr_eq(q, &queue)) {
-                                kick.push(queue);
-                            }
+                        }
+                        if !kick.iter().any(|q| Arc::ptr_eq(q, &queue)) {
+                            kick.push(queue);
                         }
                     }
                 }
@@ -796,24 +852,28 @@ impl Connection {
         }
     }
 
-    /// Sends `connection.blocked` / `unblocked` as the memory alarm changes, to clients that
-    /// advertise the capability, and only once they published (as RabbitMQ does).
+    /// Sends `connection.blocked` / `unblocked` as the memory and disk alarms change, to
+    /// clients that advertise the capability, and only once they published (as RabbitMQ does):
+    /// one `blocked` when the first alarm is raised, one `unblocked` when all have cleared.
     fn update_blocked(&mut self) {
         if self.phase != Phase::Open {
             return;
         }
-        let alarm = self.broker.memory.alarm();
-        if alarm && self.has_published && !self.sent_blocked {
+        let alarm = self.broker.alarm_reason();
+        if let Some(reason) = alarm
+            && self.has_published
+            && !self.sent_blocked
+        {
             self.sent_blocked = true;
             if self.caps.connection_blocked {
                 self.out.method(
                     0,
                     m::ConnectionBlocked {
-                        reason: ShortString::from_static("low on memory"),
+                        reason: ShortString::from_static(reason),
                     },
                 );
             }
-        } else if !alarm && self.sent_blocked {
+        } else if alarm.is_none() && self.sent_blocked {
             self.sent_blocked = false;
             if self.caps.connection_blocked {
                 self.out.method(0, m::ConnectionUnblocked {});
@@ -838,7 +898,7 @@ impl Connection {
     }
 
     fn send_connection_close(&mut self, e: ConnectionError) {
-        info!(code = e.code as u16, text = %e.text, "connection error");
+        info!(code = e.code as u16, text = ?e.text, "connection error");
         // Consumers stop and unacked messages go back now, not when the socket finally closes.
         self.release_all_channels();
         self.out.method(
@@ -942,7 +1002,7 @@ impl Connection {
             (Phase::AwaitTuneOk, Method::ConnectionTuneOk(tune_ok)) => self.recv_tune_ok(tune_ok),
             (Phase::AwaitOpen, Method::ConnectionOpen(open)) => self.recv_open(open),
             (_, Method::ConnectionClose(close)) => {
-                info!(code = close.reply_code, text = %close.reply_text, "client closed connection");
+                info!(code = close.reply_code, text = ?close.reply_text, "client closed connection");
                 self.release_all_channels();
                 self.out.method(0, m::ConnectionCloseOk {});
                 self.phase = Phase::Done;
@@ -975,10 +1035,13 @@ impl Connection {
         let creds = match auth::parse_response(mechanism, &start_ok.response) {
             Ok(creds) => creds,
             Err(auth::SaslError::UnknownMechanism(name)) => {
-                return Err(ConnectionError::command_invalid(format!(
-                    "unknown authentication mechanism '{name}'"
-                ))
-                .on(10, 11));
+                info!(mechanism = ?name, "login refused: unknown mechanism");
+                return self.delay_refusal(Some(
+                    ConnectionError::command_invalid(format!(
+                        "unknown authentication mechanism '{name}'"
+                    ))
+                    .on(10, 11),
+                ));
             }
             Err(auth::SaslError::Malformed) => {
                 return self.refuse_login(format!(
@@ -1020,12 +1083,42 @@ impl Connection {
     /// A failed login: 403 `connection.close` to clients that advertise
     /// `authentication_failure_close`, a plain socket close for the others (RabbitMQ's rule).
     fn refuse_login(&mut self, text: String) -> Result<(), ConnectionError> {
-        if self.caps.authentication_failure_close {
-            Err(ConnectionError::new(ReplyCode::AccessRefused, text))
-        } else {
-            info!(text, "login refused, closing the socket");
-            self.phase = Phase::Done;
-            Ok(())
+        let close = self
+            .caps
+            .authentication_failure_close
+            .then(|| ConnectionError::new(ReplyCode::AccessRefused, text.clone()));
+        info!(text = ?text, "login refused");
+        self.delay_refusal(close)
+    }
+
+    /// Answers a refused login only after `auth_failure_delay`, dropping the client's input
+    /// meanwhile and keeping its unauthenticated slot, so each guess costs the guesser time
+    /// while the broker holds nothing but an idle socket.
+    fn delay_refusal(&mut self, close: Option<ConnectionError>) -> Result<(), ConnectionError> {
+        let delay = self.broker.config.limits.auth_failure_delay;
+        if delay.is_zero() {
+            return match close {
+                Some(e) => Err(e),
+                None => {
+                    self.phase = Phase::Done;
+                    Ok(())
+                }
+            };
+        }
+        self.refusal = close;
+        self.phase = Phase::Refused;
+        self.discard_input = true;
+        self.deadline = Some(Instant::now() + delay);
+        Ok(())
+    }
+
+    /// The refusal delay is over: send the close (the client may answer it with close-ok), or
+    /// just drop the socket.
+    fn end_refusal(&mut self) {
+        self.discard_input = false;
+        match self.refusal.take() {
+            Some(e) => self.send_connection_close(e),
+            None => self.phase = Phase::Done,
         }
     }
 
@@ -1070,9 +1163,22 @@ impl Connection {
         self.phase = Phase::Open;
         self.handshake_slot = None;
         self.deadline = None;
-        info!(user = %self.user, vhost = %name, "connection opened");
+        info!(user = ?self.user, vhost = ?name, "connection opened");
         Ok(())
     }
+}
+
+/// Whether a frame holds a password or token, which must never reach the logs (REFERENCE row 24).
+fn carries_credentials(frame: &Frame) -> bool {
+    matches!(
+        frame,
+        Frame::Method {
+            method: Method::ConnectionStartOk(_)
+                | Method::ConnectionSecureOk(_)
+                | Method::ConnectionUpdateSecret(_),
+            ..
+        }
+    )
 }
 
 /// RabbitMQ's `loopback_users` rule: those users may only log in from a loopback address.

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use warren_store::{Delivery, Expired, Message, Pushed, Queue, level_of_offset};
 
+use crate::memory::QueueMemory;
+
 /// Messages by priority level.
 #[derive(Default)]
 pub struct Levels {
@@ -138,6 +140,79 @@ impl Levels {
     /// Bytes of unacked bodies.
     pub fn unacked_bytes(&self) -> u64 {
         self.levels.iter().map(Queue::unacked_bytes).sum()
+    }
+
+    /// Puts back a message taken with `pop_no_ack` that never reached its consumer, at its
+    /// original place in its level.
+    pub fn restore(&mut self, delivery: Delivery) {
+        let deadline = delivery.message.expires_at_ms;
+        if let Some(queue) = self.levels.get_mut(level_of_offset(delivery.offset)) {
+            queue.restore(delivery);
+            if let Some(deadline) = deadline {
+                self.next_expiry = self.next_expiry.min(deadline);
+            }
+        }
+    }
+
+    /// Counts and bytes for the memory account.
+    pub fn memory(&self) -> QueueMemory {
+        let mut memory = QueueMemory::default();
+        for queue in &self.levels {
+            memory.ready += queue.ready_count();
+            memory.paged += queue.paged_count();
+            memory.ready_bytes += queue.ready_bytes();
+            memory.resident_ready_bytes += queue.resident_ready_bytes();
+            memory.unacked += queue.unacked_count();
+            memory.index_bytes += queue.index_bytes();
+        }
+        memory
+    }
+
+    /// Pages out bodies past the next `keep` ready messages to be delivered (the window goes to
+    /// the highest levels first), lowest level first, stopping after about `max_bytes`. Returns
+    /// the body bytes paged out.
+    pub fn page_out(&mut self, keep: usize, max_bytes: usize) -> u64 {
+        let mut left = keep;
+        let mut keeps: Vec<usize> = self
+            .levels
+            .iter()
+            .rev()
+            .map(|queue| {
+                let kept = left.min(queue.ready_count());
+                left -= kept;
+                kept
+            })
+            .collect();
+        keeps.reverse();
+        let mut paged = 0;
+        for (queue, keep) in self.levels.iter_mut().zip(keeps) {
+            let budget = usize::try_from(paged).map_or(0, |done| max_bytes.saturating_sub(done));
+            if budget == 0 {
+                break;
+            }
+            let before = queue.resident_ready_bytes();
+            queue.page_out_upto(keep, budget);
+            paged += before.saturating_sub(queue.resident_ready_bytes());
+        }
+        paged
+    }
+
+    /// Reads back the paged-out bodies among the next `window` messages to be delivered
+    /// (highest level first), at most `max_loads` of them. Returns how many were loaded.
+    pub fn page_in(&mut self, window: usize, max_loads: usize) -> usize {
+        let mut left = window;
+        let mut loaded = 0;
+        for queue in self.levels.iter_mut().rev() {
+            if left == 0 || loaded >= max_loads {
+                break;
+            }
+            if queue.ready_count() == 0 {
+                continue;
+            }
+            loaded += queue.page_in_upto(left, max_loads - loaded);
+            left = left.saturating_sub(queue.ready_count());
+        }
+        loaded
     }
 
     /// Every level joined back into one queue (the queue is being deleted), for

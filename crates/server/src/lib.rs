@@ -13,17 +13,21 @@
 //! Layout: `listener` accepts and spawns one task per connection; `connection` owns the socket
 //! (handshake, heartbeats, frame loop, the single writer); `channel` handles methods; `broker`
 //! holds vhosts and their topology; `queue` holds each queue's messages and consumers behind
-//! its own lock; `memory` is the back-pressure account; `config` and `auth` are start-up.
+//! its own lock; `memory` is the memory account (budget, paging threshold, alarm), `pager`
+//! the thread that pages bodies to disk and back, and `disk` the free disk space alarm;
+//! `config` and `auth` are start-up.
 
 pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod disk;
 pub mod error;
 pub mod levels;
 pub mod listener;
 pub mod memory;
+pub mod pager;
 pub mod queue;
 
 pub use config::Config;

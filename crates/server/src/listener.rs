@@ -39,6 +39,9 @@ pub struct RunningBroker {
     permits: Arc<Semaphore>,
     max_connections: u32,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// The expiry sweeper and the disk monitor; awaited on shutdown, so that no task still
+    /// holds the broker (and its data folder's lock) once `shutdown` returns.
+    background_tasks: Vec<JoinHandle<()>>,
 }
 
 /// Binds every configured listener and starts accepting connections.
@@ -65,11 +68,20 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         addrs.push(local);
         listeners.push(listener);
     }
+    let mut background_tasks = Vec::new();
+    // The disk alarm: free space on the data folder's file system, measured now and then.
+    if !config.ephemeral {
+        // Once before the first client, so one that publishes at once already sees the alarm.
+        broker.disk.check();
+        background_tasks.push(tokio::spawn(
+            Arc::clone(&broker.disk).run(shutdown_tx.subscribe()),
+        ));
+    }
     // Messages with a TTL expire (and are dead-lettered) even when nobody touches their queue.
     {
         let broker = Arc::clone(&broker);
         let mut shutdown = shutdown_tx.subscribe();
-        tokio::spawn(async move {
+        background_tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -82,7 +94,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
                     _ = shutdown.changed() => return,
                 }
             }
-        });
+        }));
     }
     let accept_tasks = listeners
         .into_iter()
@@ -102,6 +114,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         permits,
         max_connections,
         accept_tasks,
+        background_tasks,
     })
 }
 
@@ -156,9 +169,27 @@ impl RunningBroker {
         &self.addrs
     }
 
-    /// Bytes of message bodies currently held in queues.
+    /// The memory account: bodies of messages in queues held in memory, plus their
+    /// bookkeeping estimate (see `memory.rs`).
     pub fn memory_used(&self) -> usize {
         self.broker.memory.used()
+    }
+
+    /// The memory account with its parts (paged-out bytes and messages as of the pager's last
+    /// survey, a few milliseconds old), the budget and the paging threshold.
+    pub fn memory_report(&self) -> crate::memory::MemoryReport {
+        self.broker.memory.report()
+    }
+
+    /// Changes the free disk space limit at run time and measures again at once (RabbitMQ's
+    /// `rabbitmqctl set_disk_free_limit`); until the next start, where the configuration rules.
+    pub fn set_disk_free_limit(&self, bytes: u64) {
+        self.broker.disk.set_limit(bytes);
+    }
+
+    /// Whether the disk alarm is on (free space below the limit, or the store failing to write).
+    pub fn disk_alarm(&self) -> bool {
+        self.broker.disk.alarm()
     }
 
     /// Stops accepting, sends every connection `connection.close` 320 CONNECTION_FORCED, and
@@ -167,6 +198,9 @@ impl RunningBroker {
         info!("shutting down");
         self.shutdown_tx.send_replace(true);
         for task in self.accept_tasks.drain(..) {
+            let _ = task.await;
+        }
+        for task in self.background_tasks.drain(..) {
             let _ = task.await;
         }
         let all = tokio::time::timeout(

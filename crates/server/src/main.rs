@@ -38,6 +38,11 @@ struct Args {
     /// warren_server=debug. Logs go to stderr. Default info.
     #[arg(long, value_name = "LEVEL", env = "WARREN_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Memory budget for messages, as RabbitMQ's vm_memory_high_watermark: a fraction of the
+    /// RAM (0.4, 40%) or a size (2GiB, 512MB, bytes). Bodies are paged to disk above half of it
+    /// (limits.memory_paging_ratio); publishers are blocked above it. Default 0.4.
+    #[arg(long, value_name = "LIMIT")]
+    memory_high_watermark: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +63,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         ephemeral: args.ephemeral,
         log_level: args.log_level,
+        memory_high_watermark: args.memory_high_watermark,
     };
     let cfg = config::load(&overrides).context("loading the configuration")?;
     tracing_subscriber::fmt()

@@ -675,9 +675,15 @@ impl QueueEntity {
     }
 
     /// Puts back a no-ack message that was dispatched but never sent (its consumer went away
-    /// before the connection encoded it). It goes to the tail: the store has forgotten its place.
-    pub fn return_unsent(self: &Arc<Self>, message: Arc<Message>) {
-        let _ = self.publish(message);
+    /// before the connection encoded it): at its original place, with its redelivered flag as
+    /// it was (`Queue::restore`). The caller dispatches afterwards.
+    pub fn return_unsent(&self, delivery: Delivery) {
+        let mut inner = self.inner.lock();
+        if self.is_deleted() {
+            return;
+        }
+        self.memory.add(delivery.message.body.len());
+        inner.messages.restore(delivery);
     }
 
     /// Attaches a consumer, then dispatches to it.
@@ -764,6 +770,36 @@ impl QueueEntity {
             outbox.push(Outbound::Cancel { consumer });
         }
         n_ready
+    }
+}
+
+/// Paging (see `pager.rs`): the pager thread surveys every queue and moves bodies between
+/// memory and disk, one bounded round per lock, so publishers and consumers of the queue wait
+/// for at most one round.
+impl QueueEntity {
+    /// Counts and bytes for the memory account.
+    pub fn memory(&self) -> crate::memory::QueueMemory {
+        self.inner.lock().messages.memory()
+    }
+
+    /// Pages out bodies past the first `keep` ready messages, about `max_bytes` of them at most.
+    /// Returns the body bytes paged out.
+    pub fn page_out(&self, keep: usize, max_bytes: usize) -> u64 {
+        let mut inner = self.inner.lock();
+        if self.is_deleted() {
+            return 0;
+        }
+        inner.messages.page_out(keep, max_bytes)
+    }
+
+    /// Reads back paged-out bodies among the next `window` messages to be delivered, at most
+    /// `max_loads` of them. Returns how many were loaded.
+    pub fn page_in(&self, window: usize, max_loads: usize) -> usize {
+        let mut inner = self.inner.lock();
+        if self.is_deleted() {
+            return 0;
+        }
+        inner.messages.page_in(window, max_loads)
     }
 }
 

@@ -44,18 +44,54 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn sync_dir(&self) -> io::Result<()>;
 }
 
-/// Real files in a directory (created if missing).
+/// The lock file in a data folder: one process at a time holds an exclusive `flock` on it.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Real files in a directory (created if missing), locked against other processes.
 #[derive(Debug, Clone)]
 pub struct FileBackend {
     dir: PathBuf,
+    /// The open lock file; the `flock` on it lasts as long as any clone of this backend (and
+    /// ends with the process, however it dies, so a killed broker leaves no stale lock).
+    _lock: Arc<File>,
 }
 
 impl FileBackend {
-    /// Uses `dir` as the data folder, creating it if needed.
+    /// Uses `dir` as the data folder, creating it if needed, and takes its lock: two processes
+    /// sharing a data folder would interleave appends to one log and corrupt it. Fails with
+    /// [`io::ErrorKind::WouldBlock`] while another process (or another `FileBackend` of this
+    /// one) holds the folder.
     pub fn new(dir: impl Into<PathBuf>) -> io::Result<FileBackend> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
-        Ok(FileBackend { dir })
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))?;
+        // flock (not fcntl locks, which a process would silently share with itself): the lock
+        // belongs to this open file, so a second open in the same process is refused too.
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |errno| {
+                let error = io::Error::from(errno);
+                if error.kind() == io::ErrorKind::WouldBlock {
+                    io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "another Warren process holds the lock on {}",
+                            dir.join(LOCK_FILE).display()
+                        ),
+                    )
+                } else {
+                    error
+                }
+            },
+        )?;
+        Ok(FileBackend {
+            dir,
+            _lock: Arc::new(lock),
+        })
     }
 }
 
@@ -87,6 +123,7 @@ impl Backend for FileBackend {
             let entry = entry?;
             if entry.file_type()?.is_file()
                 && let Some(name) = entry.file_name().to_str()
+                && name != LOCK_FILE
             {
                 names.push(name.to_owned());
             }
@@ -483,6 +520,26 @@ mod tests {
         backend.set_disk_full(false);
         file.write_all_at(b"abcd", 0).unwrap();
         file.sync_data().unwrap();
+    }
+
+    #[test]
+    fn a_locked_data_folder_is_refused_until_its_holder_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = FileBackend::new(dir.path()).unwrap();
+        let clone = first.clone();
+        let refused = FileBackend::new(dir.path()).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::WouldBlock);
+        assert!(
+            refused.to_string().contains("another Warren process"),
+            "{refused}"
+        );
+        drop(first);
+        // A clone keeps the lock.
+        assert!(FileBackend::new(dir.path()).is_err());
+        drop(clone);
+        let again = FileBackend::new(dir.path()).unwrap();
+        // The lock file is not one of the store's files.
+        assert!(again.list().unwrap().is_empty());
     }
 
     #[test]

@@ -28,6 +28,15 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// Another process (or another store in this one) has the data folder open.
+    #[error("data folder {dir} is in use")]
+    InUse {
+        /// The data folder.
+        dir: String,
+        /// The lock error, naming the lock file.
+        #[source]
+        source: io::Error,
+    },
     /// The data folder was written by a newer (or unknown) version of Warren.
     #[error(
         "data folder format {found:?} is not supported: this build reads format {supported}; \

@@ -786,16 +786,96 @@ impl Log {
     /// Reads back the message of the publish record that ends at `lsn` and is `record_len`
     /// bytes long (a paged-out body). The record must have been written (it was synced).
     pub(crate) fn read_publish(&self, lsn: u64, record_len: u32) -> Result<Message, StoreError> {
-        let segment = segment_of(lsn);
+        let (mut messages, error) = self.read_publishes(&[(lsn, record_len)]);
+        match (messages.pop(), error) {
+            (Some(message), _) => Ok(message),
+            (None, Some(error)) => Err(error),
+            (None, None) => Err(StoreError::Corrupt {
+                file: segment_name(segment_of(lsn)),
+                offset: lsn & ((1 << SEGMENT_SHIFT) - 1),
+                reason: "nothing read".to_owned(),
+            }),
+        }
+    }
+
+    /// Reads back the messages of several publish records, each given as (end `Lsn`, length),
+    /// with one `pread` per run of records that lie close together in one segment (a paged-out
+    /// backlog is mostly consecutive records), instead of one per message. Returns the messages
+    /// of a prefix of `records`, and the error that stopped it early, if any.
+    pub(crate) fn read_publishes(
+        &self,
+        records: &[(u64, u32)],
+    ) -> (Vec<Message>, Option<StoreError>) {
+        /// Bytes between two records read (and thrown away) rather than starting a new read.
+        const MAX_GAP: u64 = 64 << 10;
+        /// The most bytes one read covers.
+        const MAX_SPAN: u64 = 4 << 20;
+        let position = |lsn: u64| lsn & ((1 << SEGMENT_SHIFT) - 1);
+        let mut messages = Vec::with_capacity(records.len());
+        let mut first = 0;
+        while let Some(&(lsn, len)) = records.get(first) {
+            let segment = segment_of(lsn);
+            let name = segment_name(segment);
+            let Some(span_start) = position(lsn).checked_sub(u64::from(len)) else {
+                let error = StoreError::Corrupt {
+                    file: name,
+                    offset: position(lsn),
+                    reason: "record length past the segment start".to_owned(),
+                };
+                return (messages, Some(error));
+            };
+            let mut span_end = position(lsn);
+            let mut last = first + 1;
+            while let Some(&(next_lsn, next_len)) = records.get(last) {
+                let end = position(next_lsn);
+                let fits = segment_of(next_lsn) == segment
+                    && end
+                        .checked_sub(u64::from(next_len))
+                        .is_some_and(|start| start >= span_end && start - span_end <= MAX_GAP)
+                    && end - span_start <= MAX_SPAN;
+                if !fits {
+                    break;
+                }
+                span_end = end;
+                last += 1;
+            }
+            let data = match self.read_span(segment, span_start, span_end - span_start) {
+                Ok(data) => data,
+                Err(error) => return (messages, Some(error)),
+            };
+            for &(lsn, len) in records.get(first..last).unwrap_or_default() {
+                let start = position(lsn) - u64::from(len);
+                let corrupt = |reason: &str| StoreError::Corrupt {
+                    file: segment_name(segment),
+                    offset: start,
+                    reason: reason.to_owned(),
+                };
+                let at = (start - span_start) as usize;
+                let record = data.get(at..at + len as usize).unwrap_or_default();
+                let message = match record::next(record, 0) {
+                    Next::Record(payload, _) => match decode_publish(payload, true) {
+                        Some(DecodedPublish {
+                            message: Some(message),
+                            ..
+                        }) => Ok(message),
+                        _ => Err(corrupt("not a publish record")),
+                    },
+                    Next::Bad(reason) => Err(corrupt(reason)),
+                    Next::End => Err(corrupt("empty record")),
+                };
+                match message {
+                    Ok(message) => messages.push(message),
+                    Err(error) => return (messages, Some(error)),
+                }
+            }
+            first = last;
+        }
+        (messages, None)
+    }
+
+    /// Reads `len` bytes at `start` of segment `segment` (kept open for further reads).
+    fn read_span(&self, segment: u64, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         let name = segment_name(segment);
-        let end = lsn & ((1 << SEGMENT_SHIFT) - 1);
-        let start = end
-            .checked_sub(u64::from(record_len))
-            .ok_or_else(|| StoreError::Corrupt {
-                file: name.clone(),
-                offset: end,
-                reason: "record length past the segment start".to_owned(),
-            })?;
         let file = {
             let mut files = self.readers.lock();
             match files.get(&segment) {
@@ -810,25 +890,10 @@ impl Log {
                 }
             }
         };
-        let mut data = vec![0u8; record_len as usize];
+        let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
         file.read_exact_at(&mut data, start)
             .map_err(StoreError::io(&name))?;
-        let corrupt = |reason: &str| StoreError::Corrupt {
-            file: name.clone(),
-            offset: start,
-            reason: reason.to_owned(),
-        };
-        match record::next(&data, 0) {
-            Next::Record(payload, _) => match decode_publish(payload, true) {
-                Some(DecodedPublish {
-                    message: Some(message),
-                    ..
-                }) => Ok(message),
-                _ => Err(corrupt("not a publish record")),
-            },
-            Next::Bad(reason) => Err(corrupt(reason)),
-            Next::End => Err(corrupt("empty record")),
-        }
+        Ok(data)
     }
 
     fn reference(&self, kind: u8, queue_id: u64, offset: u64, publish_lsn: u64, release: bool) {
@@ -1381,6 +1446,11 @@ impl Journal {
     /// Reads a logged message back (a paged-out body).
     pub(crate) fn read(&self, lsn: u64, record_len: u32) -> Result<Message, StoreError> {
         self.log.read_publish(lsn, record_len)
+    }
+
+    /// The log this queue writes to (paging reads several bodies back at once from it).
+    pub(crate) fn log(&self) -> &Arc<Log> {
+        &self.log
     }
 
     /// Everything up to this `Lsn` is on stable storage (and so in the file).

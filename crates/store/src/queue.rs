@@ -134,6 +134,13 @@ impl Hasher for OffsetHasher {
 
 pub(crate) type OffsetMap<V> = HashMap<u64, V, BuildHasherDefault<OffsetHasher>>;
 
+/// `page_out` writes the spill log's buffer out after about this many bytes of bodies, so the
+/// buffer (which keeps its capacity) stays small.
+const SPILL_CHUNK: usize = 4 << 20;
+
+/// The index of ready messages is shrunk when it is this many entries long and a quarter full.
+const SHRINK_ABOVE: usize = 4096;
+
 /// A queue's messages. Synchronous and single-owner: the broker keeps each queue behind its own
 /// lock. A transient queue ([`Queue::new`]) keeps everything in memory; a durable one (from the
 /// durable [`crate::Store`]) also logs persistent messages, acks and deliveries to disk. Both
@@ -712,6 +719,14 @@ impl Queue {
         Some((Arc::clone(ready.message.as_ref()?), ready.redelivered))
     }
 
+    /// Bytes of memory the queue's own bookkeeping takes (its index of ready, requeued and
+    /// unacked entries, by capacity), apart from the messages themselves.
+    pub fn index_bytes(&self) -> usize {
+        self.fresh.capacity() * std::mem::size_of::<Ready>()
+            + self.requeued.len() * (std::mem::size_of::<Entry>() + 16)
+            + self.unacked.capacity() * (std::mem::size_of::<Entry>() + 8 + 1)
+    }
+
     /// Number of ready messages whose body is only on disk.
     pub fn paged_count(&self) -> usize {
         self.paged
@@ -723,17 +738,28 @@ impl Queue {
         self.ready_bytes - self.paged_bytes
     }
 
-    /// Drops from memory the bodies of ready messages past the first `keep_resident` that no
-    /// other queue shares. A body the durable log already holds (persistent, synced) is simply
-    /// dropped; any other goes to the store's spill log (written, never synced, wiped at start),
-    /// if the queue came from a [`crate::Store`]. They are read back when they reach the front.
+    /// Drops from memory the bodies of ready messages past the first `keep_resident`. A body
+    /// the durable log already holds (persistent, synced) is simply dropped; any other goes to
+    /// the store's spill log (written, never synced, wiped at start), if the queue came from a
+    /// [`crate::Store`]. They are read back when they reach the front (or by
+    /// [`Queue::page_in`]). A body shared with other queues (fanout) is let go here too; its
+    /// memory is released once every queue holding it has let go.
     /// Returns the bytes of memory released. The broker calls it on its longest queues when over
     /// its memory budget. Each call looks only at entries it has not looked at before (and at
     /// logged ones that were not synced yet), unless `keep_resident` shrank.
     pub fn page_out(&mut self, keep_resident: usize) -> usize {
+        self.page_out_upto(keep_resident, usize::MAX)
+    }
+
+    /// [`Queue::page_out`], stopping once about `max_bytes` of bodies were paged out, so that
+    /// the caller can release the queue's lock between rounds; the next call carries on where
+    /// this one stopped.
+    pub fn page_out_upto(&mut self, keep_resident: usize, max_bytes: usize) -> usize {
         let synced = self.journal.as_ref().map_or(0, Journal::synced);
         let mut released = 0;
+        let mut paged_bytes = 0usize;
         let mut spilled = Vec::new();
+        let mut spilled_bytes = 0usize;
         if keep_resident < self.page_scan_keep {
             // A smaller window: entries between the two were never looked at.
             self.page_scan_from = 0;
@@ -745,17 +771,22 @@ impl Queue {
         // The first entry to look at again next time (logged but not synced yet).
         let mut again: Option<u64> = None;
         let mut next_from = scan_from;
-        for (index, ready) in self.fresh.iter_mut().enumerate().skip(start) {
+        for index in start..self.fresh.len() {
+            if paged_bytes >= max_bytes {
+                break;
+            }
+            let Some(ready) = self.fresh.get_mut(index) else {
+                break;
+            };
             next_from = ready.offset + 1;
             let Some(message) = &ready.message else {
                 continue;
             };
-            if Arc::strong_count(message) != 1 {
-                // Another queue holds it too: paging it here would release nothing.
-                continue;
-            }
             if ready.lsn != 0 && ready.lsn <= synced {
-                released += message.memory_size();
+                if Arc::strong_count(message) == 1 {
+                    released += message.memory_size();
+                }
+                paged_bytes += message.body.len();
                 ready.message = None;
                 self.paged += 1;
                 self.paged_bytes += ready.body_len;
@@ -766,23 +797,40 @@ impl Queue {
                 ready.body_lsn = published.lsn;
                 ready.record_len = published.body_len;
                 ready.spilled = true;
+                paged_bytes += message.body.len();
+                spilled_bytes += message.body.len();
                 spilled.push(index);
+                if spilled_bytes >= SPILL_CHUNK {
+                    // Write what is buffered, so the spill log's buffer stays small.
+                    released += self.finish_spill(&mut spilled);
+                    spilled_bytes = 0;
+                }
             }
         }
         self.page_scan_from = again.unwrap_or(next_from);
+        released += self.finish_spill(&mut spilled);
+        released
+    }
+
+    /// Writes the spill records just appended for `fresh[spilled]` and drops those bodies from
+    /// memory; if the write fails they stay in memory. Returns the bytes released.
+    fn finish_spill(&mut self, spilled: &mut Vec<usize>) -> usize {
         let Some(spill) = &self.spill else {
-            return released;
+            return 0;
         };
         if spilled.is_empty() {
-            return released;
+            return 0;
         }
+        let mut released = 0;
         match spill.sync() {
             Ok(_) => {
-                for index in spilled {
+                for index in spilled.drain(..) {
                     if let Some(ready) = self.fresh.get_mut(index)
                         && let Some(message) = ready.message.take()
                     {
-                        released += message.memory_size();
+                        if Arc::strong_count(&message) == 1 {
+                            released += message.memory_size();
+                        }
                         self.paged += 1;
                         self.paged_bytes += ready.body_len;
                     }
@@ -791,7 +839,7 @@ impl Queue {
             Err(failed) => {
                 // Keep them in memory; the spill records are dead.
                 tracing::warn!(error = %failed.error, "cannot spill message bodies to disk");
-                for index in spilled {
+                for index in spilled.drain(..) {
                     if let Some(ready) = self.fresh.get_mut(index) {
                         spill.forget(ready.body_lsn);
                         ready.body_lsn = 0;
@@ -804,56 +852,75 @@ impl Queue {
         released
     }
 
-    /// Reads back the bodies of up to `count` paged-out messages at the front, so that delivering
-    /// them does not wait for the disk (a prefetch; the broker may run it on a blocking thread).
-    /// Returns how many were loaded. A record that cannot be read stays paged: the delivery
-    /// reports it.
+    /// Reads back the bodies of the paged-out messages among the first `count` ready ones, so
+    /// that delivering them does not wait for the disk (a prefetch; the broker runs it on its
+    /// memory thread ahead of the consumers). Records that lie together on disk are read with
+    /// one `pread`. Returns how many were loaded. A record that cannot be read stays paged: the
+    /// delivery reports it.
     pub fn page_in(&mut self, count: usize) -> usize {
+        self.page_in_upto(count, usize::MAX)
+    }
+
+    /// [`Queue::page_in`], loading at most `max_loads` bodies, so that the caller can release
+    /// the queue's lock between rounds.
+    pub fn page_in_upto(&mut self, count: usize, max_loads: usize) -> usize {
         if self.paged == 0 {
             return 0;
         }
+        // (index in `fresh`, spilled, end of the record holding the body, its length)
+        let wanted: Vec<(usize, bool, u64, u32)> = self
+            .fresh
+            .iter()
+            .take(count)
+            .enumerate()
+            .filter(|(_, ready)| ready.message.is_none() && !ready.expired)
+            .take(max_loads)
+            .map(|(index, ready)| {
+                let body = if ready.spilled || ready.body_lsn != 0 {
+                    ready.body_lsn
+                } else {
+                    ready.lsn
+                };
+                (index, ready.spilled, body, ready.record_len)
+            })
+            .collect();
         let mut loaded = 0;
-        for index in 0..count.min(self.fresh.len()) {
-            let Some(ready) = self.fresh.get(index) else {
+        for run in wanted.chunk_by(|a, b| a.1 == b.1) {
+            let spilled = run.first().is_some_and(|first| first.1);
+            let log = if spilled {
+                self.spill.clone()
+            } else {
+                self.journal
+                    .as_ref()
+                    .map(|journal| Arc::clone(journal.log()))
+            };
+            let Some(log) = log else {
                 break;
             };
-            if ready.message.is_some() || ready.expired {
-                continue;
-            }
-            match self.read_back(index) {
-                Ok(message) => {
-                    if let Some(ready) = self.fresh.get_mut(index) {
-                        ready.message = Some(message);
-                        self.paged_bytes -= ready.body_len;
+            let records: Vec<(u64, u32)> = run.iter().map(|w| (w.2, w.3)).collect();
+            let (messages, error) = log.read_publishes(&records);
+            for (&(index, _, body_lsn, _), message) in run.iter().zip(messages) {
+                if spilled {
+                    log.forget(body_lsn);
+                }
+                if let Some(ready) = self.fresh.get_mut(index) {
+                    if spilled {
+                        ready.spilled = false;
+                        ready.body_lsn = 0;
                     }
+                    ready.message = Some(Arc::new(message));
+                    self.paged_bytes -= ready.body_len;
                     self.paged -= 1;
                     loaded += 1;
                 }
-                Err(_) => break,
+            }
+            if let Some(error) = error {
+                // The delivery reads it again, and drops it if it really is gone.
+                tracing::warn!(%error, "a paged-out message could not be read back ahead");
+                break;
             }
         }
         loaded
-    }
-
-    /// Reads back the body of `fresh[index]` (paged out), from the spill log or the durable log.
-    fn read_back(&mut self, index: usize) -> Result<Arc<Message>, crate::StoreError> {
-        let ready = self
-            .fresh
-            .get(index)
-            .cloned()
-            .ok_or(crate::StoreError::Corrupt {
-                file: "queue".to_owned(),
-                offset: index as u64,
-                reason: "no such entry".to_owned(),
-            })?;
-        let message = self.read_ready(&ready)?;
-        if let Some(ready) = self.fresh.get_mut(index)
-            && ready.spilled
-        {
-            ready.spilled = false;
-            ready.body_lsn = 0;
-        }
-        Ok(message)
     }
 
     /// Reads a paged-out body; a spilled one's spill record is released.
@@ -918,6 +985,11 @@ impl Queue {
         }
         loop {
             let ready = self.fresh.pop_front()?;
+            if self.fresh.capacity() > SHRINK_ABOVE && self.fresh.len() < self.fresh.capacity() / 4
+            {
+                // A drained backlog gives its index back (10 M entries are 480 MB).
+                self.fresh.shrink_to(self.fresh.len() * 2);
+            }
             if ready.expired {
                 self.tombstones -= 1;
                 continue;

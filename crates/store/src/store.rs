@@ -68,7 +68,17 @@ pub struct Store {
 impl Store {
     /// Opens the data folder `dir` (created if missing) with default options.
     pub fn open(dir: impl AsRef<Path>) -> Result<(Store, Recovery), StoreError> {
-        let backend = FileBackend::new(dir.as_ref()).map_err(StoreError::io("data folder"))?;
+        let dir = dir.as_ref();
+        let backend = FileBackend::new(dir).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::WouldBlock {
+                StoreError::InUse {
+                    dir: dir.display().to_string(),
+                    source,
+                }
+            } else {
+                StoreError::io("data folder")(source)
+            }
+        })?;
         Store::open_with(Arc::new(backend), StoreOptions::default())
     }
 

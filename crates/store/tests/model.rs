@@ -40,6 +40,13 @@ enum Op {
     PageOut {
         queue: usize,
         keep: usize,
+        /// Stop after about this many body bytes (`page_out_upto`); `None`: all.
+        max_bytes: Option<usize>,
+    },
+    /// Reading ahead: the paged-out bodies among the first `count` come back into memory.
+    PageIn {
+        queue: usize,
+        count: usize,
     },
     Ack {
         queue: usize,
@@ -68,7 +75,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => queue.clone().prop_map(|queue| Op::Pop { queue }),
         1 => queue.clone().prop_map(|queue| Op::PopNoAck { queue }),
         1 => queue.clone().prop_map(|queue| Op::Bounce { queue }),
-        2 => (queue.clone(), 0..3usize).prop_map(|(queue, keep)| Op::PageOut { queue, keep }),
+        2 => (queue.clone(), 0..3usize, proptest::option::of(0..64usize))
+            .prop_map(|(queue, keep, max_bytes)| Op::PageOut { queue, keep, max_bytes }),
+        1 => (queue.clone(), 0..5usize).prop_map(|(queue, count)| Op::PageIn { queue, count }),
         4 => (queue.clone(), any::<usize>()).prop_map(|(queue, pick)| Op::Ack { queue, pick }),
         2 => (queue.clone(), any::<usize>()).prop_map(|(queue, pick)| Op::Requeue { queue, pick }),
         1 => queue.prop_map(|queue| Op::Purge { queue }),
@@ -332,8 +341,21 @@ fn run(ops: Vec<Op>) {
                     }
                 }
             }
-            Op::PageOut { queue, keep } => {
-                queues[queue].page_out(keep);
+            Op::PageOut {
+                queue,
+                keep,
+                max_bytes,
+            } => {
+                match max_bytes {
+                    Some(max_bytes) => queues[queue].page_out_upto(keep, max_bytes),
+                    None => queues[queue].page_out(keep),
+                };
+            }
+            Op::PageIn { queue, count } => {
+                let paged = queues[queue].paged_count();
+                let loaded = queues[queue].page_in(count);
+                assert!(loaded <= count.min(paged));
+                assert_eq!(queues[queue].paged_count(), paged - loaded);
             }
             Op::Bounce { queue } => {
                 let Some(delivery) = queues[queue].pop_no_ack() else {
