@@ -351,7 +351,11 @@ mod tests {
         }
         let expired = |seq: u64| seq % 3 == 1;
         let v = judge_expiring_queue(&[&c], &[6], &[true], expired);
-        assert_eq!((v.expected, v.lost, v.expired_delivered), (4, 1, 0), "{v:?}");
+        assert_eq!(
+            (v.expected, v.lost, v.expired_delivered),
+            (4, 1, 0),
+            "{v:?}"
+        );
         c.record(stamp(0, 1));
         let v = judge_expiring_queue(&[&c], &[6], &[true], expired);
         assert_eq!((v.lost, v.expired_delivered), (1, 1), "{v:?}");

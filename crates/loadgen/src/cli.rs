@@ -225,9 +225,11 @@ impl Args {
         if let Some(expiration) = &self.expiration {
             parse_expirations(expiration)?;
             if self.mode == Mode::Backlog && self.confirm == 0 {
-                return Err("--expiration in backlog mode needs --confirm: the fill is over \
+                return Err(
+                    "--expiration in backlog mode needs --confirm: the fill is over \
                             when every message is confirmed (expiring ones never all show up)"
-                    .into());
+                        .into(),
+                );
             }
         }
         self.queue_args.iter().map(|a| parse_queue_arg(a)).collect()

@@ -367,11 +367,9 @@ mod tests {
             };
             template.put(&mut buf, stamp);
             match &decode_all(buf)[..] {
-                [_, codec::Frame::Header { header, .. }, _] => header
-                    .properties
-                    .expiration
-                    .as_ref()
-                    .map(|e| e.to_string()),
+                [_, codec::Frame::Header { header, .. }, _] => {
+                    header.properties.expiration.as_ref().map(|e| e.to_string())
+                }
                 other => panic!("{other:?}"),
             }
         };

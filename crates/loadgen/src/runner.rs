@@ -294,9 +294,8 @@ async fn traffic(
     let published: Vec<u64> = results.iter().map(|r| r.published).collect();
     // Messages that expire before the drain (backlog with --expiration) are not expected.
     let expiring = args.expiring_cycle();
-    let expires = |seq: u64| {
-        !expiring.is_empty() && expiring[(seq % expiring.len() as u64) as usize]
-    };
+    let expires =
+        |seq: u64| !expiring.is_empty() && expiring[(seq % expiring.len() as u64) as usize];
     let arriving: Vec<u64> = published
         .iter()
         .map(|&n| n - (0..n).filter(|seq| expires(*seq)).count() as u64)

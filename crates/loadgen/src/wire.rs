@@ -371,9 +371,8 @@ pub fn put_header(
     let properties = codec::BasicProperties {
         headers: headers.map(field_table),
         delivery_mode: persistent.then_some(2),
-        expiration: expiration.and_then(|ms| {
-            ShortString::from_bytes(Bytes::from(ms.to_string())).ok()
-        }),
+        expiration: expiration
+            .and_then(|ms| ShortString::from_bytes(Bytes::from(ms.to_string())).ok()),
         ..Default::default()
     };
     codec::frame::encode_basic_header_frame(channel, body_size, &properties, buf);

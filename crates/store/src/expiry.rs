@@ -102,7 +102,11 @@ impl ExpiryIndex {
     /// Moves every pair out (to split or join priority levels).
     pub(crate) fn drain(&mut self) -> Vec<Pair> {
         let mut pairs: Vec<Pair> = self.runs.drain(..).flatten().collect();
-        pairs.extend(std::mem::take(&mut self.heap).into_iter().map(|Reverse(p)| p));
+        pairs.extend(
+            std::mem::take(&mut self.heap)
+                .into_iter()
+                .map(|Reverse(p)| p),
+        );
         pairs
     }
 }

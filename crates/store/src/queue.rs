@@ -581,7 +581,11 @@ impl Queue {
     fn fresh_index(&self, offset: u64) -> Option<usize> {
         let front = self.fresh.front()?.offset;
         let guess = usize::try_from(offset.checked_sub(front)?).ok()?;
-        if self.fresh.get(guess).is_some_and(|ready| ready.offset == offset) {
+        if self
+            .fresh
+            .get(guess)
+            .is_some_and(|ready| ready.offset == offset)
+        {
             return Some(guess);
         }
         let upto = guess.min(self.fresh.len());
