@@ -86,7 +86,7 @@ pub struct Args {
     /// 1000 ms, 2, 5, ... 600000 ms. In backlog mode, entries up to --settle (in ms) are expected
     /// to expire before the drain (they must not arrive, and are not counted lost); the others
     /// are expected to arrive, so make them far longer than the run.
-    #[arg(long, value_name = "MS,MS,...")]
+    #[arg(long, value_name = "MS,MS,...", allow_hyphen_values = true)]
     pub expiration: Option<String>,
     /// Queue argument NAME=VALUE (integers and true/false are typed); repeatable.
     #[arg(long = "queue-arg", value_name = "NAME=VALUE")]
