@@ -3,7 +3,7 @@
 //!
 //! Messages get their deadline at publish time from one of a few TTLs (the queue's
 //! `x-message-ttl`, or the handful of `expiration` values an application uses), so the deadlines
-//! of one TTL arrive in nondecreasing order. The index keeps up to [`MAX_RUNS`] *runs*, each a
+//! of one TTL arrive in nondecreasing order (and so do the pairs: offsets grow too). The index keeps up to [`MAX_RUNS`] *runs*, each a
 //! `VecDeque` of nondecreasing deadlines: a new pair is appended to the run whose last deadline
 //! is the largest not after it (best fit), so each TTL ends up with a run of its own, and push and
 //! pop are O(1) with no cache-missing sift through a large heap. A pair that fits no run (more
@@ -21,7 +21,7 @@ type Pair = (u64, u64);
 /// Soonest-first index of `(deadline, offset)` pairs.
 #[derive(Debug, Default)]
 pub(crate) struct ExpiryIndex {
-    /// Each run's deadlines are nondecreasing front to back; no run is empty.
+    /// Each run's pairs are nondecreasing front to back; no run is empty.
     runs: Vec<VecDeque<Pair>>,
     /// Pairs that fit no run.
     heap: BinaryHeap<Reverse<Pair>>,
@@ -30,11 +30,14 @@ pub(crate) struct ExpiryIndex {
 impl ExpiryIndex {
     /// Adds a pair.
     pub(crate) fn push(&mut self, deadline: u64, offset: u64) {
+        // Runs are ordered by the whole pair, so equal deadlines come out by offset (a requeued
+        // message's older offset does not fit behind a newer one with the same deadline).
+        let pair = (deadline, offset);
         let best = self
             .runs
             .iter_mut()
-            .filter(|run| run.back().is_some_and(|last| last.0 <= deadline))
-            .max_by_key(|run| run.back().map_or(0, |last| last.0));
+            .filter(|run| run.back().is_some_and(|last| *last <= pair))
+            .max_by_key(|run| run.back().copied().unwrap_or_default());
         if let Some(run) = best {
             run.push_back((deadline, offset));
         } else if self.runs.len() < MAX_RUNS {
