@@ -8,6 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 pub use warren_server::{Config, RunningBroker};
@@ -55,20 +59,140 @@ impl TestBroker {
     }
 }
 
+// ===== lapin calls with the options most tests use, unwrapped =====
+
+/// Declares a queue with default options (non-durable, shared) and no arguments.
+pub async fn declare_queue(channel: &lapin::Channel, name: &str) {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare");
+}
+
+/// Declares an exclusive queue with these arguments; `""` gets a server-named queue. Returns
+/// the queue's name.
+pub async fn declare_exclusive(
+    channel: &lapin::Channel,
+    name: &str,
+    args: &[(&str, AMQPValue)],
+) -> String {
+    let mut table = FieldTable::default();
+    for (key, value) in args {
+        table.insert((*key).into(), value.clone());
+    }
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            table,
+        )
+        .await
+        .expect("queue.declare")
+        .name()
+        .to_string()
+}
+
 /// Messages ready in `queue` (a passive `queue.declare`; panics if the queue is missing).
 pub async fn message_count(channel: &lapin::Channel, queue: &str) -> u32 {
     channel
         .queue_declare(
             queue.into(),
-            lapin::options::QueueDeclareOptions {
+            QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
             },
-            lapin::types::FieldTable::default(),
+            FieldTable::default(),
         )
         .await
         .expect("passive declare")
         .message_count()
+}
+
+/// Publishes `body` with these properties and no flags; returns the confirm to await when the
+/// channel is in confirm mode.
+pub async fn publish_with(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) -> lapin::PublisherConfirm {
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("basic.publish")
+}
+
+/// Publishes `body` with no properties and no flags.
+pub async fn publish(channel: &lapin::Channel, exchange: &str, routing_key: &str, body: &[u8]) {
+    publish_with(
+        channel,
+        exchange,
+        routing_key,
+        body,
+        lapin::BasicProperties::default(),
+    )
+    .await;
+}
+
+/// Consumes `queue` under `tag` with these options and no arguments.
+pub async fn consume(
+    channel: &lapin::Channel,
+    queue: &str,
+    tag: &str,
+    options: BasicConsumeOptions,
+) -> lapin::Consumer {
+    channel
+        .basic_consume(queue.into(), tag.into(), options, FieldTable::default())
+        .await
+        .expect("basic.consume")
+}
+
+/// The next message in `queue`, taken with `basic.get` (no ack); panics if the queue is empty.
+pub async fn get_message(channel: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .expect("a message")
+}
+
+/// Puts the channel in confirm mode.
+pub async fn confirm_select(channel: &lapin::Channel) {
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+}
+
+/// `basic.consume` options with `no_ack` set (deliveries need no ack).
+pub fn no_ack() -> BasicConsumeOptions {
+    BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    }
+}
+
+/// The body of the next message in `queue`, taken with `basic.get` (no ack); `None` if empty.
+pub async fn get_body(channel: &lapin::Channel, queue: &str) -> Option<Vec<u8>> {
+    channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .map(|message| message.delivery.data)
 }
 
 /// The AMQP reply code and text in a lapin error, if the broker closed with one.

@@ -6,11 +6,13 @@
 
 use std::time::Duration;
 
-use lapin::BasicProperties;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use warren_server::config::User;
-use warren_tests::{Config, RawClient, TestBroker, frame, longstr, method, shortstr, within};
+use warren_tests::{
+    Config, RawClient, TestBroker, declare_queue, frame, get_message, longstr, method, publish,
+    shortstr, within,
+};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -207,26 +209,10 @@ async fn memory_alarm_blocks_publishers_until_consumers_free_memory() {
     let broker = TestBroker::start_with(config).await;
     let (publisher_conn, publisher) = broker.channel().await;
     let events = publisher_conn.events_listener();
-    publisher
-        .queue_declare(
-            "bp".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_queue(&publisher, "bp").await;
     let body = vec![0u8; 16 * 1024];
     for _ in 0..5 {
-        publisher
-            .basic_publish(
-                "".into(),
-                "bp".into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
+        publish(&publisher, "", "bp", &body).await;
     }
     // lapin advertises connection.blocked, so it is told.
     let blocked = within(5, async {
@@ -283,10 +269,6 @@ async fn unacked_delivery_past_consumer_timeout_closes_the_channel_and_requeues(
     );
     // The message is back in its queue, flagged redelivered.
     let (_conn, channel) = broker.channel().await;
-    let again = channel
-        .basic_get("slow".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let again = get_message(&channel, "slow").await;
     assert!(again.delivery.redelivered);
 }

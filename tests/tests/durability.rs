@@ -7,7 +7,9 @@
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, ExchangeKind};
-use warren_tests::{Config, TestBroker, amqp_error, within};
+use warren_tests::{
+    Config, TestBroker, amqp_error, confirm_select, declare_queue, publish, within,
+};
 
 fn durable_config(dir: &std::path::Path) -> Config {
     let mut config = Config::for_tests();
@@ -27,10 +29,7 @@ async fn durable_topology_and_persistent_messages_survive_a_restart() {
     {
         let broker = TestBroker::start_with(durable_config(dir.path())).await;
         let (_conn, channel) = broker.channel().await;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        confirm_select(&channel).await;
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -39,14 +38,7 @@ async fn durable_topology_and_persistent_messages_survive_a_restart() {
             .queue_declare("keep".into(), durable, FieldTable::default())
             .await
             .unwrap();
-        channel
-            .queue_declare(
-                "transient".into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        declare_queue(&channel, "transient").await;
         channel
             .exchange_declare(
                 "jobs".into(),
@@ -104,16 +96,7 @@ async fn durable_topology_and_persistent_messages_survive_a_restart() {
         "the two persistent messages, not the transient one"
     );
     // The binding survived too: routing through the recovered exchange still works.
-    channel
-        .basic_publish(
-            "jobs".into(),
-            "job.d".into(),
-            BasicPublishOptions::default(),
-            b"after restart",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+    publish(&channel, "jobs", "job.d", b"after restart").await;
     let mut bodies = Vec::new();
     while let Some(m) = channel
         .basic_get("keep".into(), BasicGetOptions { no_ack: true })
@@ -143,10 +126,7 @@ async fn unacked_persistent_message_comes_back_redelivered_and_deleted_queue_sta
     {
         let broker = TestBroker::start_with(durable_config(dir.path())).await;
         let (_conn, channel) = broker.channel().await;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        confirm_select(&channel).await;
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -300,10 +280,7 @@ async fn message_deadlines_survive_a_restart() {
             .queue_declare("ttl.d".into(), durable, args)
             .await
             .unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        confirm_select(&channel).await;
         let confirm = channel
             .basic_publish(
                 "".into(),
@@ -386,10 +363,7 @@ async fn a_durable_priority_queue_keeps_its_order_across_a_restart() {
     {
         let broker = TestBroker::start_with(durable_config(dir.path())).await;
         let (_conn, channel) = broker.channel().await;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        confirm_select(&channel).await;
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -447,10 +421,7 @@ async fn a_durable_priority_queue_keeps_its_order_across_a_restart() {
     }
     let broker = TestBroker::start_with(durable_config(dir.path())).await;
     let (_conn, channel) = broker.channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()

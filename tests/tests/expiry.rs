@@ -9,40 +9,10 @@ use futures_lite::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use warren_tests::{TestBroker, within};
-
-async fn declare(channel: &lapin::Channel, name: &str, args: &[(&str, AMQPValue)]) {
-    let mut table = FieldTable::default();
-    for (key, value) in args {
-        table.insert((*key).into(), value.clone());
-    }
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            table,
-        )
-        .await
-        .unwrap();
-}
-
-async fn count(channel: &lapin::Channel, name: &str) -> u32 {
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count()
-}
+use warren_tests::{
+    TestBroker, consume, declare_exclusive, get_message, message_count, no_ack, publish,
+    publish_with, within,
+};
 
 /// The first message `queue` holds within 5 s (taken with no-ack).
 async fn get_within_5s(channel: &lapin::Channel, queue: &str) -> lapin::message::BasicGetMessage {
@@ -83,25 +53,16 @@ fn death(headers: &FieldTable) -> (String, String, i64) {
 async fn queue_ttl_expires_messages_nobody_consumed() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare(
+    declare_exclusive(
         &channel,
         "ttl",
         &[("x-message-ttl", AMQPValue::LongInt(500))],
     )
     .await;
-    channel
-        .basic_publish(
-            "".into(),
-            "ttl".into(),
-            BasicPublishOptions::default(),
-            b"short-lived",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(count(&channel, "ttl").await, 1);
+    publish(&channel, "", "ttl", b"short-lived").await;
+    assert_eq!(message_count(&channel, "ttl").await, 1);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(count(&channel, "ttl").await, 0);
+    assert_eq!(message_count(&channel, "ttl").await, 0);
     assert!(
         channel
             .basic_get("ttl".into(), BasicGetOptions::default())
@@ -115,7 +76,7 @@ async fn queue_ttl_expires_messages_nobody_consumed() {
 async fn per_message_expiration_is_honoured() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare(&channel, "plain", &[]).await;
+    declare_exclusive(&channel, "plain", &[]).await;
     for (body, expiration) in [(&b"expires"[..], Some("30")), (b"stays", None)] {
         let mut props = BasicProperties::default();
         if let Some(e) = expiration {
@@ -133,11 +94,7 @@ async fn per_message_expiration_is_honoured() {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let got = channel
-        .basic_get("plain".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let got = get_message(&channel, "plain").await;
     assert_eq!(got.delivery.data, b"stays");
     assert_eq!(got.message_count, 0);
 }
@@ -146,8 +103,8 @@ async fn per_message_expiration_is_honoured() {
 async fn rejected_message_is_dead_lettered_with_x_death() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare(&channel, "dead", &[]).await;
-    declare(
+    declare_exclusive(&channel, "dead", &[]).await;
+    declare_exclusive(
         &channel,
         "work",
         &[
@@ -159,16 +116,7 @@ async fn rejected_message_is_dead_lettered_with_x_death() {
         ],
     )
     .await;
-    channel
-        .basic_publish(
-            "".into(),
-            "work".into(),
-            BasicPublishOptions::default(),
-            b"bad job",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+    publish(&channel, "", "work", b"bad job").await;
     let got = channel
         .basic_get("work".into(), BasicGetOptions::default())
         .await
@@ -196,8 +144,8 @@ async fn rejected_message_is_dead_lettered_with_x_death() {
 async fn ttl_with_dead_letter_exchange_delays_delivery() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare(&channel, "target", &[]).await;
-    declare(
+    declare_exclusive(&channel, "target", &[]).await;
+    declare_exclusive(
         &channel,
         "delay",
         &[
@@ -210,29 +158,9 @@ async fn ttl_with_dead_letter_exchange_delays_delivery() {
         ],
     )
     .await;
-    let mut consumer = channel
-        .basic_consume(
-            "target".into(),
-            "c".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume(&channel, "target", "c", no_ack()).await;
     let sent = tokio::time::Instant::now();
-    channel
-        .basic_publish(
-            "".into(),
-            "delay".into(),
-            BasicPublishOptions::default(),
-            b"later",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+    publish(&channel, "", "delay", b"later").await;
     // Nobody consumes "delay": the message expires there and moves on by itself.
     let delivery = within(5, consumer.next()).await.unwrap().unwrap();
     assert!(sent.elapsed() >= Duration::from_millis(100));
@@ -245,8 +173,8 @@ async fn ttl_with_dead_letter_exchange_delays_delivery() {
 async fn dropped_head_is_dead_lettered_as_maxlen() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare(&channel, "overflow", &[]).await;
-    declare(
+    declare_exclusive(&channel, "overflow", &[]).await;
+    declare_exclusive(
         &channel,
         "small",
         &[
@@ -260,16 +188,7 @@ async fn dropped_head_is_dead_lettered_as_maxlen() {
     )
     .await;
     for body in [&b"old"[..], b"new"] {
-        channel
-            .basic_publish(
-                "".into(),
-                "small".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
+        publish(&channel, "", "small", body).await;
     }
     let dead = get_within_5s(&channel, "overflow").await;
     assert_eq!(dead.delivery.data, b"old");
@@ -315,16 +234,7 @@ async fn publish_with_expiration(
     if let Some(ttl) = ttl {
         props = props.with_expiration(ttl.to_string().into());
     }
-    channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            props,
-        )
-        .await
-        .unwrap();
+    publish_with(channel, "", queue, body.as_bytes(), props).await;
 }
 
 fn dead_lettered_to(target: &str) -> [(&'static str, AMQPValue); 2] {
@@ -343,20 +253,9 @@ fn dead_lettered_to(target: &str) -> [(&'static str, AMQPValue); 2] {
 async fn messages_expire_wherever_they_sit_in_deadline_order() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare(&channel, "mixed.dead", &[]).await;
-    declare(&channel, "mixed", &dead_lettered_to("mixed.dead")).await;
-    let mut dead = channel
-        .basic_consume(
-            "mixed.dead".into(),
-            "dead".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_exclusive(&channel, "mixed.dead", &[]).await;
+    declare_exclusive(&channel, "mixed", &dead_lettered_to("mixed.dead")).await;
+    let mut dead = consume(&channel, "mixed.dead", "dead", no_ack()).await;
     let sent = tokio::time::Instant::now();
     for (body, ttl) in [
         ("a-none", None),
@@ -369,7 +268,7 @@ async fn messages_expire_wherever_they_sit_in_deadline_order() {
     ] {
         publish_with_expiration(&channel, "mixed", body, ttl).await;
     }
-    assert_eq!(count(&channel, "mixed").await, 7);
+    assert_eq!(message_count(&channel, "mixed").await, 7);
     let mut order = Vec::new();
     for _ in 0..4 {
         let delivery = within(5, dead.next()).await.unwrap().unwrap();
@@ -380,11 +279,11 @@ async fn messages_expire_wherever_they_sit_in_deadline_order() {
             // The two 300 ms messages died by themselves, behind "a-none", and the queue's
             // count says so.
             assert!(sent.elapsed() >= std::time::Duration::from_millis(300));
-            assert!(count(&channel, "mixed").await <= 5);
+            assert!(message_count(&channel, "mixed").await <= 5);
         }
     }
     assert_eq!(order, ["c-300", "f-300", "e-600", "b-900"]);
-    assert_eq!(count(&channel, "mixed").await, 3);
+    assert_eq!(message_count(&channel, "mixed").await, 3);
     let mut left = Vec::new();
     while let Some(m) = channel
         .basic_get("mixed".into(), BasicGetOptions { no_ack: true })
@@ -400,7 +299,7 @@ async fn messages_expire_wherever_they_sit_in_deadline_order() {
 async fn an_expired_message_never_reaches_a_consumer_or_basic_get() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare(&channel, "held", &[]).await;
+    declare_exclusive(&channel, "held", &[]).await;
     for (body, ttl) in [("hold", None), ("x-200", Some(200)), ("y", None)] {
         publish_with_expiration(&channel, "held", body, ttl).await;
     }
@@ -408,27 +307,19 @@ async fn an_expired_message_never_reaches_a_consumer_or_basic_get() {
         .basic_qos(1, BasicQosOptions::default())
         .await
         .unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            "held".into(),
-            "c".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume(&channel, "held", "c", BasicConsumeOptions::default()).await;
     let hold = within(5, consumer.next()).await.unwrap().unwrap();
     assert_eq!(hold.data, b"hold");
     // "x-200" expires while the consumer has no credit left.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(count(&channel, "held").await, 1, "only y is left");
+    assert_eq!(message_count(&channel, "held").await, 1, "only y is left");
     hold.ack(BasicAckOptions::default()).await.unwrap();
     let next = within(5, consumer.next()).await.unwrap().unwrap();
     assert_eq!(next.data, b"y");
     next.ack(BasicAckOptions::default()).await.unwrap();
 
     // basic.get: a short-lived message behind a long-lived one is gone when its turn comes.
-    declare(&channel, "polled", &[]).await;
+    declare_exclusive(&channel, "polled", &[]).await;
     for (body, ttl) in [("long", Some(60_000)), ("short", Some(100)), ("none", None)] {
         publish_with_expiration(&channel, "polled", body, ttl).await;
     }
@@ -448,9 +339,9 @@ async fn an_expired_message_never_reaches_a_consumer_or_basic_get() {
 async fn a_low_priority_message_expires_behind_higher_priorities() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare(&channel, "prio.dead", &[]).await;
+    declare_exclusive(&channel, "prio.dead", &[]).await;
     let [dlx, key] = dead_lettered_to("prio.dead");
-    declare(
+    declare_exclusive(
         &channel,
         "prio.ttl",
         &[dlx, key, ("x-max-priority", AMQPValue::ShortShortUInt(3))],
@@ -477,5 +368,5 @@ async fn a_low_priority_message_expires_behind_higher_priorities() {
     }
     let dead = get_within_5s(&channel, "prio.dead").await;
     assert_eq!(dead.delivery.data, b"low-short");
-    assert_eq!(count(&channel, "prio.ttl").await, 2);
+    assert_eq!(message_count(&channel, "prio.ttl").await, 2);
 }

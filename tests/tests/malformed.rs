@@ -10,7 +10,7 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use tokio::time::Instant;
-use warren_tests::{Config, RawClient, TestBroker, frame, method, shortstr, within};
+use warren_tests::{Config, RawClient, TestBroker, declare_queue, frame, method, shortstr, within};
 
 /// Opens a connection and channel 1, sends `bytes`, and returns the connection.close reply,
 /// after checking that the broker still serves another client.
@@ -538,14 +538,7 @@ async fn row21_refused_login_keeps_its_handshake_slot_and_others_are_served() {
 /// Declares `queue` and publishes `count` messages of `size` bytes to it through lapin.
 async fn fill_queue(broker: &TestBroker, queue: &str, count: usize, size: usize) {
     let (_conn, channel) = broker.channel().await;
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_queue(&channel, queue).await;
     let body = vec![b'x'; size];
     for _ in 0..count {
         channel
@@ -624,14 +617,7 @@ async fn row16_requests_whose_replies_are_never_read_stop_being_read() {
     // A long queue name makes every passive declare-ok as big as its request.
     let name = "q".repeat(255);
     let (_conn, channel) = broker.channel().await;
-    channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_queue(&channel, &name).await;
     let mut raw = RawClient::connect_small_window(broker.addr()).await;
     raw.login(2047, 131072, 0).await;
     raw.open_channel(1).await;

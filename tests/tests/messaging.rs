@@ -8,59 +8,25 @@ use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
-use warren_tests::{RawClient, TestBroker, amqp_error, within};
-
-async fn declare(channel: &lapin::Channel) -> String {
-    channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .name()
-        .to_string()
-}
-
-async fn publish(channel: &lapin::Channel, queue: &str, body: &[u8]) {
-    channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
-}
+use warren_tests::{
+    RawClient, TestBroker, amqp_error, confirm_select, consume, declare_exclusive, declare_queue,
+    get_message, message_count, no_ack, publish, publish_with, within,
+};
 
 #[tokio::test]
 async fn get_returns_messages_in_order_then_get_empty() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
+    let queue = declare_exclusive(&channel, "", &[]).await;
     for body in [&b"one"[..], b"two"] {
-        publish(&channel, &queue, body).await;
+        publish(&channel, "", &queue, body).await;
     }
-    let first = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let first = get_message(&channel, &queue).await;
     assert_eq!(first.delivery.data, b"one");
     assert_eq!(first.message_count, 1);
     assert!(!first.delivery.redelivered);
     assert_eq!(first.delivery.routing_key.as_str(), queue);
-    let second = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let second = get_message(&channel, &queue).await;
     assert_eq!(second.delivery.data, b"two");
     assert_eq!(second.message_count, 0);
     assert!(
@@ -76,7 +42,7 @@ async fn get_returns_messages_in_order_then_get_empty() {
 async fn properties_and_body_arrive_unchanged() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
+    let queue = declare_exclusive(&channel, "", &[]).await;
     let mut headers = FieldTable::default();
     headers.insert("x-n".into(), lapin::types::AMQPValue::LongInt(7));
     let props = BasicProperties::default()
@@ -94,11 +60,7 @@ async fn properties_and_body_arrive_unchanged() {
         )
         .await
         .unwrap();
-    let got = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let got = get_message(&channel, &queue).await;
     assert_eq!(got.delivery.properties, props);
     assert_eq!(got.delivery.data, b"payload");
 }
@@ -107,15 +69,11 @@ async fn properties_and_body_arrive_unchanged() {
 async fn large_message_is_split_across_frames_both_ways() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
+    let queue = declare_exclusive(&channel, "", &[]).await;
     // 1 MiB + 3: several 128 KiB frames each way, and an uneven last one.
     let body: Vec<u8> = (0..(1 << 20) + 3).map(|i| (i % 251) as u8).collect();
-    publish(&channel, &queue, &body).await;
-    let got = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    publish(&channel, "", &queue, &body).await;
+    let got = get_message(&channel, &queue).await;
     assert_eq!(got.delivery.data.len(), body.len());
     assert!(got.delivery.data == body);
 }
@@ -124,33 +82,11 @@ async fn large_message_is_split_across_frames_both_ways() {
 async fn consumers_get_messages_round_robin_in_order() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
-    let mut a = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "a".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut b = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "b".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = declare_exclusive(&channel, "", &[]).await;
+    let mut a = consume(&channel, &queue, "a", no_ack()).await;
+    let mut b = consume(&channel, &queue, "b", no_ack()).await;
     for i in 0..6u8 {
-        publish(&channel, &queue, &[i]).await;
+        publish(&channel, "", &queue, &[i]).await;
     }
     let mut got_a = Vec::new();
     let mut got_b = Vec::new();
@@ -166,16 +102,8 @@ async fn consumers_get_messages_round_robin_in_order() {
 async fn server_generates_consumer_tags_with_amq_ctag_prefix() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = declare_exclusive(&channel, "", &[]).await;
+    let consumer = consume(&channel, &queue, "", BasicConsumeOptions::default()).await;
     assert!(
         consumer.tag().as_str().starts_with("amq.ctag-"),
         "{}",
@@ -187,9 +115,9 @@ async fn server_generates_consumer_tags_with_amq_ctag_prefix() {
 async fn nack_with_requeue_keeps_the_place_and_sets_redelivered() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
+    let queue = declare_exclusive(&channel, "", &[]).await;
     for body in [&b"1"[..], b"2", b"3"] {
-        publish(&channel, &queue, body).await;
+        publish(&channel, "", &queue, body).await;
     }
     let one = channel
         .basic_get(queue.as_str().into(), BasicGetOptions::default())
@@ -241,18 +169,7 @@ async fn nack_with_requeue_keeps_the_place_and_sets_redelivered() {
         )
         .await
         .unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(declared.message_count(), 0);
+    assert_eq!(message_count(&channel, &queue).await, 0);
 }
 
 #[tokio::test]
@@ -300,27 +217,21 @@ async fn unacked_messages_return_to_the_queue_when_the_channel_closes() {
         .unwrap()
         .name()
         .to_string();
-    publish(&channel, &queue, b"a").await;
-    publish(&channel, &queue, b"b").await;
+    publish(&channel, "", &queue, b"a").await;
+    publish(&channel, "", &queue, b"b").await;
     let consumer_channel = conn.create_channel().await.unwrap();
-    let mut consumer = consumer_channel
-        .basic_consume(
-            queue.as_str().into(),
-            "c".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume(
+        &consumer_channel,
+        &queue,
+        "c",
+        BasicConsumeOptions::default(),
+    )
+    .await;
     let first = within(5, consumer.next()).await.unwrap().unwrap();
     assert_eq!(first.data, b"a");
     let _second = within(5, consumer.next()).await.unwrap().unwrap();
     consumer_channel.close(200, "bye".into()).await.unwrap();
-    let again = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let again = get_message(&channel, &queue).await;
     assert_eq!(again.delivery.data, b"a");
     assert!(again.delivery.redelivered);
     assert_eq!(again.message_count, 1);
@@ -340,7 +251,7 @@ async fn unacked_messages_return_when_the_connection_closes() {
         .unwrap()
         .name()
         .to_string();
-    publish(&channel, &queue, b"a").await;
+    publish(&channel, "", &queue, b"a").await;
     {
         let (other, other_channel) = broker.channel().await;
         let got = other_channel
@@ -371,23 +282,15 @@ async fn unacked_messages_return_when_the_connection_closes() {
 async fn per_consumer_prefetch_limits_unacked_deliveries() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
+    let queue = declare_exclusive(&channel, "", &[]).await;
     for i in 0..5u8 {
-        publish(&channel, &queue, &[i]).await;
+        publish(&channel, "", &queue, &[i]).await;
     }
     channel
         .basic_qos(2, BasicQosOptions { global: false })
         .await
         .unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "c".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume(&channel, &queue, "c", BasicConsumeOptions::default()).await;
     let d0 = within(5, consumer.next()).await.unwrap().unwrap();
     let _d1 = within(5, consumer.next()).await.unwrap().unwrap();
     // A third delivery must not come before an ack.
@@ -405,34 +308,18 @@ async fn per_consumer_prefetch_limits_unacked_deliveries() {
 async fn global_prefetch_is_shared_by_the_channels_consumers() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let q1 = declare(&channel).await;
-    let q2 = declare(&channel).await;
+    let q1 = declare_exclusive(&channel, "", &[]).await;
+    let q2 = declare_exclusive(&channel, "", &[]).await;
     for _ in 0..3 {
-        publish(&channel, &q1, b"1").await;
-        publish(&channel, &q2, b"2").await;
+        publish(&channel, "", &q1, b"1").await;
+        publish(&channel, "", &q2, b"2").await;
     }
     channel
         .basic_qos(3, BasicQosOptions { global: true })
         .await
         .unwrap();
-    let mut c1 = channel
-        .basic_consume(
-            q1.as_str().into(),
-            "c1".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut c2 = channel
-        .basic_consume(
-            q2.as_str().into(),
-            "c2".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut c1 = consume(&channel, &q1, "c1", BasicConsumeOptions::default()).await;
+    let mut c2 = consume(&channel, &q2, "c2", BasicConsumeOptions::default()).await;
     // Three deliveries come (from either queue), then nothing while they stay unacked.
     let mut n = 0;
     while n < 3 {
@@ -484,17 +371,9 @@ async fn prefetch_size_is_not_implemented_540() {
 async fn basic_recover_redelivers_unacked_messages() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
-    publish(&channel, &queue, b"r").await;
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "c".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = declare_exclusive(&channel, "", &[]).await;
+    publish(&channel, "", &queue, b"r").await;
+    let mut consumer = consume(&channel, &queue, "c", BasicConsumeOptions::default()).await;
     let first = within(5, consumer.next()).await.unwrap().unwrap();
     assert!(!first.redelivered);
     channel
@@ -510,25 +389,11 @@ async fn basic_recover_redelivers_unacked_messages() {
 async fn confirms_ack_every_publish_in_order() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let queue = declare_exclusive(&channel, "", &[]).await;
+    confirm_select(&channel).await;
     let mut confirms = Vec::new();
     for i in 0..50u8 {
-        confirms.push(
-            channel
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &[i],
-                    BasicProperties::default(),
-                )
-                .await
-                .unwrap(),
-        );
+        confirms.push(publish_with(&channel, "", &queue, &[i], BasicProperties::default()).await);
     }
     for confirm in confirms {
         assert_eq!(within(5, confirm).await.unwrap(), Confirmation::Ack(None));
@@ -539,10 +404,7 @@ async fn confirms_ack_every_publish_in_order() {
 async fn mandatory_unroutable_is_returned_before_its_confirm() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     let confirm = channel
         .basic_publish(
             "amq.direct".into(),
@@ -573,20 +435,15 @@ async fn mandatory_unroutable_is_returned_before_its_confirm() {
 async fn non_mandatory_unroutable_is_dropped_and_confirmed() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let confirm = channel
-        .basic_publish(
-            "amq.direct".into(),
-            "nowhere".into(),
-            BasicPublishOptions::default(),
-            b"lost",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
+    let confirm = publish_with(
+        &channel,
+        "amq.direct",
+        "nowhere",
+        b"lost",
+        BasicProperties::default(),
+    )
+    .await;
     assert_eq!(within(5, confirm).await.unwrap(), Confirmation::Ack(None));
 }
 
@@ -594,11 +451,11 @@ async fn non_mandatory_unroutable_is_dropped_and_confirmed() {
 async fn tx_commit_publishes_and_rollback_discards() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
+    let queue = declare_exclusive(&channel, "", &[]).await;
     channel.tx_select().await.unwrap();
-    publish(&channel, &queue, b"rolled back").await;
+    publish(&channel, "", &queue, b"rolled back").await;
     channel.tx_rollback().await.unwrap();
-    publish(&channel, &queue, b"committed").await;
+    publish(&channel, "", &queue, b"committed").await;
     let declared = channel
         .queue_declare(
             queue.as_str().into(),
@@ -634,28 +491,14 @@ async fn tx_commit_publishes_and_rollback_discards() {
         .await
         .unwrap();
     channel.tx_commit().await.unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(declared.message_count(), 0);
+    assert_eq!(message_count(&channel, &queue).await, 0);
 }
 
 #[tokio::test]
 async fn confirm_then_tx_is_406() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     let err = channel.tx_select().await.unwrap_err();
     assert_eq!(
         amqp_error(&err),
@@ -684,20 +527,9 @@ async fn tx_commit_without_select_is_406() {
 async fn cancel_stops_deliveries_and_answers_cancel_ok() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "c".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    publish(&channel, &queue, b"1").await;
+    let queue = declare_exclusive(&channel, "", &[]).await;
+    let mut consumer = consume(&channel, &queue, "c", no_ack()).await;
+    publish(&channel, "", &queue, b"1").await;
     assert_eq!(
         within(5, consumer.next()).await.unwrap().unwrap().data,
         b"1"
@@ -706,12 +538,8 @@ async fn cancel_stops_deliveries_and_answers_cancel_ok() {
         .basic_cancel("c".into(), BasicCancelOptions::default())
         .await
         .unwrap();
-    publish(&channel, &queue, b"2").await;
-    let got = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    publish(&channel, "", &queue, b"2").await;
+    let got = get_message(&channel, &queue).await;
     assert_eq!(got.delivery.data, b"2");
 }
 
@@ -730,15 +558,7 @@ async fn deleting_a_queue_cancels_its_consumers() {
         .name()
         .to_string();
     let (_conn2, other) = broker.channel().await;
-    let mut consumer = other
-        .basic_consume(
-            queue.as_str().into(),
-            "doomed".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume(&other, &queue, "doomed", BasicConsumeOptions::default()).await;
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
@@ -751,7 +571,7 @@ async fn deleting_a_queue_cancels_its_consumers() {
 async fn exclusive_consumer_refuses_others_with_403() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
+    let queue = declare_exclusive(&channel, "", &[]).await;
     channel
         .basic_consume(
             queue.as_str().into(),
@@ -807,26 +627,8 @@ async fn direct_reply_to_routes_replies_to_the_requesting_channel() {
     let broker = TestBroker::start().await;
     let (_client_conn, client) = broker.channel().await;
     let (_server_conn, server) = broker.channel().await;
-    server
-        .queue_declare(
-            "rpc".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut replies = client
-        .basic_consume(
-            "amq.rabbitmq.reply-to".into(),
-            "replies".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_queue(&server, "rpc").await;
+    let mut replies = consume(&client, "amq.rabbitmq.reply-to", "replies", no_ack()).await;
     client
         .basic_publish(
             "".into(),
@@ -920,20 +722,12 @@ async fn user_id_other_than_the_login_is_406() {
 async fn higher_priority_consumers_are_served_first_while_they_have_credit() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    let queue = declare(&channel).await;
+    let queue = declare_exclusive(&channel, "", &[]).await;
     channel
         .basic_qos(1, BasicQosOptions { global: false })
         .await
         .unwrap();
-    let mut low = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "low".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut low = consume(&channel, &queue, "low", BasicConsumeOptions::default()).await;
     let mut args = FieldTable::default();
     args.insert("x-priority".into(), lapin::types::AMQPValue::LongInt(10));
     let mut high = channel
@@ -946,7 +740,7 @@ async fn higher_priority_consumers_are_served_first_while_they_have_credit() {
         .await
         .unwrap();
     for i in 0..3u8 {
-        publish(&channel, &queue, &[i]).await;
+        publish(&channel, "", &queue, &[i]).await;
     }
     let first = within(5, high.next()).await.unwrap().unwrap();
     assert_eq!(
@@ -965,46 +759,20 @@ async fn higher_priority_consumers_are_served_first_while_they_have_credit() {
     assert_eq!(third.data, [2]);
 }
 
-async fn declare_with(
-    channel: &lapin::Channel,
-    name: &str,
-    args: &[(&str, lapin::types::AMQPValue)],
-) {
-    let mut table = FieldTable::default();
-    for (key, value) in args {
-        table.insert((*key).into(), value.clone());
-    }
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            table,
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn max_length_drops_the_oldest_messages() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare_with(
+    declare_exclusive(
         &channel,
         "bounded",
         &[("x-max-length", lapin::types::AMQPValue::LongInt(2))],
     )
     .await;
     for body in [&b"1"[..], b"2", b"3"] {
-        publish(&channel, "bounded", body).await;
+        publish(&channel, "", "bounded", body).await;
     }
-    let first = channel
-        .basic_get("bounded".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let first = get_message(&channel, "bounded").await;
     assert_eq!(first.delivery.data, b"2");
     assert_eq!(first.message_count, 1);
 }
@@ -1013,7 +781,7 @@ async fn max_length_drops_the_oldest_messages() {
 async fn reject_publish_overflow_nacks_the_confirm() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare_with(
+    declare_exclusive(
         &channel,
         "full",
         &[
@@ -1025,33 +793,17 @@ async fn reject_publish_overflow_nacks_the_confirm() {
         ],
     )
     .await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    confirm_select(&channel).await;
     let mut outcomes = Vec::new();
     for body in [&b"kept"[..], b"refused"] {
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                "full".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
+        let confirm = publish_with(&channel, "", "full", body, BasicProperties::default()).await;
         outcomes.push(within(5, confirm).await.unwrap());
     }
     assert_eq!(
         outcomes,
         vec![Confirmation::Ack(None), Confirmation::Nack(None)]
     );
-    let got = channel
-        .basic_get("full".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let got = get_message(&channel, "full").await;
     assert_eq!(got.delivery.data, b"kept");
     assert_eq!(got.message_count, 0);
 }
@@ -1060,7 +812,7 @@ async fn reject_publish_overflow_nacks_the_confirm() {
 async fn priority_queue_delivers_higher_priorities_first() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare_with(
+    declare_exclusive(
         &channel,
         "prio",
         &[(
@@ -1106,7 +858,7 @@ async fn priority_queue_delivers_higher_priorities_first() {
 async fn single_active_consumer_gets_everything_until_it_goes() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    declare_with(
+    declare_exclusive(
         &channel,
         "sac",
         &[(
@@ -1119,21 +871,10 @@ async fn single_active_consumer_gets_everything_until_it_goes() {
         no_ack: true,
         ..Default::default()
     };
-    let mut first = channel
-        .basic_consume("sac".into(), "first".into(), options, FieldTable::default())
-        .await
-        .unwrap();
-    let mut second = channel
-        .basic_consume(
-            "sac".into(),
-            "second".into(),
-            options,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut first = consume(&channel, "sac", "first", options).await;
+    let mut second = consume(&channel, "sac", "second", options).await;
     for i in 0..4u8 {
-        publish(&channel, "sac", &[i]).await;
+        publish(&channel, "", "sac", &[i]).await;
     }
     for i in 0..4u8 {
         assert_eq!(within(5, first.next()).await.unwrap().unwrap().data, [i]);
@@ -1142,6 +883,6 @@ async fn single_active_consumer_gets_everything_until_it_goes() {
         .basic_cancel("first".into(), BasicCancelOptions::default())
         .await
         .unwrap();
-    publish(&channel, "sac", &[9]).await;
+    publish(&channel, "", "sac", &[9]).await;
     assert_eq!(within(5, second.next()).await.unwrap().unwrap().data, [9]);
 }

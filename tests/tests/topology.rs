@@ -7,39 +7,10 @@ use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
-use warren_tests::{RawClient, TestBroker, amqp_error, within};
-
-async fn get_body(channel: &lapin::Channel, queue: &str) -> Option<Vec<u8>> {
-    channel
-        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .map(|m| m.delivery.data)
-}
-
-async fn publish(channel: &lapin::Channel, exchange: &str, key: &str, body: &[u8]) {
-    channel
-        .basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
-}
-
-async fn queue(channel: &lapin::Channel, name: &str) {
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-}
+use warren_tests::{
+    RawClient, TestBroker, amqp_error, consume, declare_queue, get_body, get_message, publish,
+    within,
+};
 
 #[tokio::test]
 async fn server_named_queue_and_declare_ok_counts() {
@@ -102,7 +73,7 @@ async fn passive_declare_of_missing_queue_is_404() {
 async fn redeclare_with_other_properties_is_406() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    queue(&channel, "q406").await;
+    declare_queue(&channel, "q406").await;
     let err = channel
         .queue_declare(
             "q406".into(),
@@ -234,7 +205,7 @@ async fn direct_topic_fanout_and_headers_route() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
     for q in ["d", "t", "f1", "f2", "h"] {
-        queue(&channel, q).await;
+        declare_queue(&channel, q).await;
     }
     channel
         .queue_bind(
@@ -361,7 +332,7 @@ async fn exchange_to_exchange_bindings_route() {
         )
         .await
         .unwrap();
-    queue(&channel, "e2e.q").await;
+    declare_queue(&channel, "e2e.q").await;
     channel
         .queue_bind(
             "e2e.q".into(),
@@ -480,15 +451,7 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
         )
         .await
         .unwrap();
-    let consumer = channel
-        .basic_consume(
-            "ad".into(),
-            "c".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let consumer = consume(&channel, "ad", "c", BasicConsumeOptions::default()).await;
     drop(consumer);
     channel
         .basic_cancel("c".into(), BasicCancelOptions::default())
@@ -512,7 +475,7 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
 async fn delete_if_unused_if_empty_and_purge() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    queue(&channel, "del").await;
+    declare_queue(&channel, "del").await;
     publish(&channel, "", "del", b"1").await;
     publish(&channel, "", "del", b"2").await;
     let err = channel
@@ -533,15 +496,7 @@ async fn delete_if_unused_if_empty_and_purge() {
         ))
     );
     let (_conn, channel) = broker.channel().await;
-    let mut consumer = channel
-        .basic_consume(
-            "del".into(),
-            "c".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume(&channel, "del", "c", BasicConsumeOptions::default()).await;
     within(5, consumer.next()).await.unwrap().unwrap();
     let (_conn2, other) = broker.channel().await;
     let err = other
@@ -562,7 +517,7 @@ async fn delete_if_unused_if_empty_and_purge() {
         ))
     );
     let (_conn3, third) = broker.channel().await;
-    queue(&third, "purge").await;
+    declare_queue(&third, "purge").await;
     publish(&third, "", "purge", b"1").await;
     publish(&third, "", "purge", b"2").await;
     assert_eq!(
@@ -602,7 +557,7 @@ async fn invalid_queue_arguments_are_406() {
 async fn default_exchange_cannot_be_bound_or_deleted() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
-    queue(&channel, "dq").await;
+    declare_queue(&channel, "dq").await;
     let err = channel
         .queue_bind(
             "dq".into(),
@@ -627,7 +582,7 @@ async fn cc_and_bcc_headers_add_routing_keys_and_bcc_is_hidden() {
     let broker = TestBroker::start().await;
     let (_conn, channel) = broker.channel().await;
     for q in ["to", "cc", "bcc"] {
-        queue(&channel, q).await;
+        declare_queue(&channel, q).await;
     }
     let mut headers = FieldTable::default();
     headers.insert(
@@ -649,11 +604,7 @@ async fn cc_and_bcc_headers_add_routing_keys_and_bcc_is_hidden() {
         .await
         .unwrap();
     for q in ["to", "cc", "bcc"] {
-        let got = channel
-            .basic_get(q.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-            .unwrap();
+        let got = get_message(&channel, q).await;
         assert_eq!(got.delivery.data, b"memo", "{q}");
         let headers = got.delivery.properties.headers().clone().unwrap();
         assert!(headers.inner().contains_key("CC"));
