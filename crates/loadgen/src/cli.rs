@@ -15,6 +15,9 @@ pub enum Mode {
     Backlog,
     /// Open --connections idle connections and measure the broker's memory per connection.
     Idle,
+    /// Declare --queues queues (durable with --durable) from --producers connections at once,
+    /// each waiting for every declare-ok, then delete them: declares per second.
+    Declare,
 }
 
 /// PerfTest-style load generator for AMQP 0-9-1 brokers (Warren, RabbitMQ).

@@ -101,6 +101,24 @@ pub struct IdleFigures {
     pub rss_per_connection_kib: Option<f64>,
 }
 
+/// What a declare run measured.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DeclareFigures {
+    /// Connections declaring at once.
+    pub connections: usize,
+    pub durable: bool,
+    /// Queues declared (each answered by declare-ok).
+    pub declared: usize,
+    pub declare_s: f64,
+    pub declares_per_s: f64,
+    /// The broker's CPU time per declare, when its PID was given.
+    pub broker_cpu_us_per_declare: Option<f64>,
+    /// Queues deleted afterwards (0 with --keep).
+    pub deleted: usize,
+    pub delete_s: f64,
+    pub deletes_per_s: f64,
+}
+
 /// Everything printed as the final JSON line.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
@@ -139,6 +157,7 @@ pub struct Report {
     pub loadgen: Option<LoadgenFigures>,
     pub backlog: Option<BacklogFigures>,
     pub idle: Option<IdleFigures>,
+    pub declare: Option<DeclareFigures>,
     pub errors: Vec<String>,
     /// No error, nothing lost, duplicated, reordered, nacked or left unconfirmed.
     pub ok: bool,
@@ -181,6 +200,7 @@ impl Report {
             loadgen: None,
             backlog: None,
             idle: None,
+            declare: None,
             errors: Vec::new(),
             ok: false,
         }

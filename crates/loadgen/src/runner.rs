@@ -1,4 +1,4 @@
-//! The three modes (run, backlog, idle): setting up, starting producers and consumers, waiting
+//! The four modes (run, backlog, idle, declare): setting up, starting producers and consumers, waiting
 //! for them, reading the broker's memory and CPU around it, and building the report.
 
 use std::sync::Arc;
@@ -10,14 +10,17 @@ use tokio::time::Instant;
 
 use crate::check::{Checker, Verdict, judge_queue};
 use crate::cli::{Args, Mode};
-use crate::client::{ClientError, Conn, Endpoint};
+use crate::client::{CHANNEL, ClientError, Conn, Endpoint};
 use crate::consumer::{self, ConsumerConfig, ConsumerResult};
 use crate::procfs::{PeakSampler, Sample, Target};
 use crate::producer::{self, ProducerConfig, ProducerResult};
-use crate::report::{self, BacklogFigures, BrokerFigures, IdleFigures, LoadgenFigures, Report};
+use crate::report::{
+    self, BacklogFigures, BrokerFigures, DeclareFigures, IdleFigures, LoadgenFigures, Report,
+};
 use crate::stats::{Latency, Shared, new_histogram};
 use crate::topology::{Topology, TopologySpec};
 use crate::wire::Table;
+use crate::wire::{In, Out};
 
 /// How often the background sampler reads the broker's RSS.
 const PEAK_SAMPLE_EVERY: Duration = Duration::from_millis(200);
@@ -36,6 +39,7 @@ pub async fn run(args: Args, queue_args: Table) -> anyhow::Result<Report> {
             traffic(&args, &endpoint, queue_args, shared, &mut report).await?
         }
         Mode::Idle => idle(&args, &endpoint, &mut report).await?,
+        Mode::Declare => declare(&args, &endpoint, queue_args, &mut report).await?,
     }
     report.finish(args.no_check);
     Ok(report)
@@ -517,5 +521,140 @@ async fn idle(args: &Args, endpoint: &Endpoint, report: &mut Report) -> anyhow::
         ));
     }
     report.idle = Some(figures);
+    Ok(())
+}
+
+/// What a declare run does to each queue.
+#[derive(Clone)]
+enum QueueOp {
+    Declare {
+        durable: bool,
+        arguments: Arc<Table>,
+    },
+    Delete,
+}
+
+/// Runs `op` on queues `PREFIX.d0..` from `connections` connections at once (queue `n` on
+/// connection `n % connections`), each waiting for every reply; returns how many succeeded, the
+/// seconds it took, and the first error.
+async fn on_queues_concurrently(
+    endpoint: &Endpoint,
+    prefix: &str,
+    queues: usize,
+    connections: usize,
+    op: QueueOp,
+) -> (usize, f64, Option<String>) {
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for index in 0..connections {
+        let endpoint = endpoint.clone();
+        let prefix = prefix.to_owned();
+        let op = op.clone();
+        handles.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&endpoint).await?;
+            let mut done = 0usize;
+            for n in (index..queues).step_by(connections) {
+                let queue = format!("{prefix}.d{n}");
+                match &op {
+                    QueueOp::Declare { durable, arguments } => {
+                        let method = Out::QueueDeclare {
+                            queue: &queue,
+                            passive: false,
+                            durable: *durable,
+                            exclusive: false,
+                            auto_delete: false,
+                            arguments,
+                        };
+                        conn.call(CHANNEL, &method, "queue.declare-ok", |m| {
+                            matches!(m, In::QueueDeclareOk { .. })
+                        })
+                        .await?;
+                    }
+                    QueueOp::Delete => {
+                        let method = Out::QueueDelete { queue: &queue };
+                        conn.call(CHANNEL, &method, "queue.delete-ok", |m| {
+                            matches!(m, In::QueueDeleteOk { .. })
+                        })
+                        .await?;
+                    }
+                }
+                done += 1;
+            }
+            let _ = conn.close().await;
+            Ok::<usize, ClientError>(done)
+        }));
+    }
+    let mut done = 0;
+    let mut first_error = None;
+    for handle in handles {
+        match handle.await {
+            Ok(Ok(count)) => done += count,
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e.to_string());
+            }
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    (done, start.elapsed().as_secs_f64(), first_error)
+}
+
+async fn declare(
+    args: &Args,
+    endpoint: &Endpoint,
+    queue_args: Table,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let prefix = args
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("loadgen.{}", std::process::id()));
+    let connections = args.producers.max(1);
+    let broker = args.broker_pid.map(Target::Pid);
+    let durable = args.durable;
+    let before = sample(broker);
+    let op = QueueOp::Declare {
+        durable,
+        arguments: Arc::new(queue_args),
+    };
+    let (declared, declare_s, error) =
+        on_queues_concurrently(endpoint, &prefix, args.queues, connections, op).await;
+    let after = sample(broker);
+    if let Some(error) = error {
+        report.errors.push(format!("declare: {error}"));
+    }
+    let mut figures = DeclareFigures {
+        connections,
+        durable,
+        declared,
+        declare_s,
+        declares_per_s: declared as f64 / declare_s.max(1e-9),
+        ..Default::default()
+    };
+    if let (Some(b), Some(a)) = (before, after)
+        && declared > 0
+    {
+        figures.broker_cpu_us_per_declare =
+            Some(a.cpu_us.saturating_sub(b.cpu_us) as f64 / declared as f64);
+    }
+    if !args.quiet {
+        eprintln!(
+            "declared {declared} queues from {connections} connections in {declare_s:.2}s: {:.0}/s",
+            figures.declares_per_s
+        );
+    }
+    if !args.keep {
+        let (deleted, delete_s, error) =
+            on_queues_concurrently(endpoint, &prefix, args.queues, connections, QueueOp::Delete)
+                .await;
+        if let Some(error) = error {
+            report.errors.push(format!("delete: {error}"));
+        }
+        figures.deleted = deleted;
+        figures.delete_s = delete_s;
+        figures.deletes_per_s = deleted as f64 / delete_s.max(1e-9);
+    }
+    report.declare = Some(figures);
     Ok(())
 }

@@ -213,6 +213,10 @@ struct MemFile {
 struct Faults {
     /// Writes and syncs fail with "no space left" (a write may land partly first).
     disk_full: bool,
+    /// Every file sync sleeps this long first, as a real disk takes time to flush.
+    sync_delay: std::time::Duration,
+    /// File syncs that succeeded, over all files.
+    syncs: u64,
 }
 
 fn disk_full_error() -> io::Error {
@@ -265,8 +269,16 @@ impl FileHandle for MemFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        if self.faults.lock().disk_full {
-            return Err(disk_full_error());
+        let delay = self.faults.lock().sync_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        {
+            let mut faults = self.faults.lock();
+            if faults.disk_full {
+                return Err(disk_full_error());
+            }
+            faults.syncs += 1;
         }
         let mut file = self.data.lock();
         file.durable = file.current.clone();
@@ -323,6 +335,16 @@ impl MemBackend {
     /// Makes every write and sync fail as on a full disk (`true`), or work again (`false`).
     pub fn set_disk_full(&self, full: bool) {
         self.faults.lock().disk_full = full;
+    }
+
+    /// Makes every file sync take `delay` (a slow disk), so that concurrent callers overlap.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.faults.lock().sync_delay = delay;
+    }
+
+    /// How many file syncs succeeded so far, over all files.
+    pub fn sync_count(&self) -> u64 {
+        self.faults.lock().syncs
     }
 
     /// Simulates a crash: afterwards the directory holds what survived by `mode`. Handles opened

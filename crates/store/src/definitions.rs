@@ -1,6 +1,14 @@
 //! Durable exchanges, queues and bindings: an append-only file of checksummed put/delete records,
 //! each synced before the call returns, rewritten compactly when it grows stale.
 //!
+//! Group commit. Declaring thousands of durable queues from many connections at once would cost
+//! one `fdatasync` each if every call wrote and synced its own record. Instead a call appends its
+//! record to a shared buffer and waits; whichever caller finds no sync running writes the whole
+//! buffer with one write and one `fdatasync` for everyone, then applies the records to the maps
+//! in order and wakes the others. A call still returns only once its record is on stable storage
+//! (so a declare-ok is never sent for a definition a crash could lose), and a failed write fails
+//! every call of that batch and is cut off the file, so the next batch follows a good record.
+//!
 //! The store is the only reader and writer. Arguments are kept as the encoded AMQP field table
 //! (`bytes`), so the store does not need to understand them; the broker encodes and decodes them
 //! with the codec.
@@ -10,6 +18,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use warren_codec::ShortString;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::backend::{Backend, FileHandle};
 use crate::error::StoreError;
@@ -346,33 +356,6 @@ impl Definitions {
         fields.is_done().then_some(())
     }
 
-    /// Appends one record, syncs it, then applies it.
-    fn commit(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), StoreError> {
-        let mut buf = Vec::new();
-        let mark = record::begin(&mut buf);
-        encode(&mut buf);
-        record::finish(&mut buf, mark);
-        let written = self
-            .file
-            .write_all_at(&buf, self.len)
-            .and_then(|()| self.file.sync_data());
-        if let Err(source) = written {
-            // Cut back a partial record so the next one follows a good one.
-            let _ = self.file.set_len(self.len);
-            return Err(StoreError::Io {
-                file: DEFINITIONS_FILE.to_owned(),
-                source,
-            });
-        }
-        self.len += buf.len() as u64;
-        let payload = buf.get(record::FRAME_HEADER..).unwrap_or(&[]);
-        self.apply(payload);
-        if self.len > 2 * self.compacted_len + (64 << 10) {
-            self.rewrite()?;
-        }
-        Ok(())
-    }
-
     /// Writes the current definitions to a new file and renames it over the old one.
     fn rewrite(&mut self) -> Result<(), StoreError> {
         let mut buf = header();
@@ -415,43 +398,169 @@ impl Definitions {
         self.compacted_len = self.len;
         Ok(())
     }
+}
 
-    pub(crate) fn put_exchange(&mut self, def: &ExchangeDef) -> Result<(), StoreError> {
-        self.commit(|buf| encode_exchange(buf, def))
+/// Failed batches remembered for the callers that have not woken up yet.
+const FAILED_BATCHES_KEPT: usize = 1024;
+
+/// The definitions behind one lock, with the records waiting for their group sync.
+#[derive(Debug)]
+struct Group {
+    defs: Definitions,
+    /// Encoded records appended and not yet handed to a sync.
+    pending: Vec<u8>,
+    /// Sequence number of the last record appended (the first is 1).
+    appended: u64,
+    /// Every record up to this sequence number has been synced or has failed.
+    completed: u64,
+    /// A caller is writing and syncing a batch right now.
+    syncing: bool,
+    /// Batches that failed: (first, last) sequence numbers, and what went wrong.
+    failed: Vec<(u64, u64, std::io::ErrorKind, String)>,
+}
+
+/// The definitions file with group commit: every call returns once its record is on stable
+/// storage, and concurrent calls share one write and one `fdatasync`.
+#[derive(Debug)]
+pub(crate) struct DefinitionsLog {
+    group: Mutex<Group>,
+    /// Wakes the callers waiting for a batch to complete.
+    completed: Condvar,
+}
+
+impl DefinitionsLog {
+    pub(crate) fn new(defs: Definitions) -> DefinitionsLog {
+        DefinitionsLog {
+            group: Mutex::new(Group {
+                defs,
+                pending: Vec::new(),
+                appended: 0,
+                completed: 0,
+                syncing: false,
+                failed: Vec::new(),
+            }),
+            completed: Condvar::new(),
+        }
+    }
+
+    /// Appends one record built by `encode` (which may reserve things in the definitions, as
+    /// a queue id), and returns once it is synced, or with the error of its batch.
+    fn commit<T>(
+        &self,
+        encode: impl FnOnce(&mut Definitions, &mut Vec<u8>) -> T,
+    ) -> Result<T, StoreError> {
+        let mut group = self.group.lock();
+        let group_ref = &mut *group;
+        let mark = record::begin(&mut group_ref.pending);
+        let value = encode(&mut group_ref.defs, &mut group_ref.pending);
+        record::finish(&mut group_ref.pending, mark);
+        group.appended += 1;
+        let seq = group.appended;
+        while group.completed < seq {
+            if group.syncing {
+                self.completed.wait(&mut group);
+            } else {
+                self.sync_batch(&mut group);
+            }
+        }
+        match group
+            .failed
+            .iter()
+            .find(|(first, last, _, _)| (*first..=*last).contains(&seq))
+        {
+            Some((_, _, kind, text)) => Err(StoreError::Io {
+                file: DEFINITIONS_FILE.to_owned(),
+                source: std::io::Error::new(*kind, text.clone()),
+            }),
+            None => Ok(value),
+        }
+    }
+
+    /// Writes and syncs every pending record as one batch, with the lock released meanwhile
+    /// (others append to the next batch), then applies them and wakes their callers.
+    fn sync_batch(&self, group: &mut MutexGuard<'_, Group>) {
+        group.syncing = true;
+        let batch = std::mem::take(&mut group.pending);
+        let first = group.completed + 1;
+        let last = group.appended;
+        let file = Arc::clone(&group.defs.file);
+        let at = group.defs.len;
+        let written = MutexGuard::unlocked(group, || {
+            file.write_all_at(&batch, at)
+                .and_then(|()| file.sync_data())
+        });
+        match written {
+            Ok(()) => {
+                group.defs.len += batch.len() as u64;
+                let mut pos = 0;
+                while let Next::Record(payload, after) = record::next(&batch, pos) {
+                    group.defs.apply(payload);
+                    pos = after;
+                }
+                if group.defs.len > 2 * group.defs.compacted_len + (64 << 10)
+                    && let Err(error) = group.defs.rewrite()
+                {
+                    // The records are durable in the old file, which is still whole.
+                    tracing::warn!(%error, "cannot rewrite the definitions file; keeping it as is");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, records = last + 1 - first, "write to the definitions file failed");
+                // Cut back a partial batch so the next one follows a good record.
+                let _ = file.set_len(at);
+                if group.failed.len() >= FAILED_BATCHES_KEPT {
+                    group.failed.remove(0);
+                }
+                group
+                    .failed
+                    .push((first, last, error.kind(), error.to_string()));
+            }
+        }
+        group.completed = last;
+        group.syncing = false;
+        self.completed.notify_all();
+    }
+
+    pub(crate) fn put_exchange(&self, def: &ExchangeDef) -> Result<(), StoreError> {
+        self.commit(|_, buf| encode_exchange(buf, def))
     }
 
     pub(crate) fn delete_exchange(
-        &mut self,
+        &self,
         vhost: &ShortString,
         name: &ShortString,
     ) -> Result<(), StoreError> {
-        self.commit(|buf| encode_delete(buf, DELETE_EXCHANGE, vhost, name))
+        self.commit(|_, buf| encode_delete(buf, DELETE_EXCHANGE, vhost, name))
     }
 
-    /// Records a queue under a new id, which it returns.
-    pub(crate) fn put_queue(&mut self, def: &QueueDef) -> Result<u64, StoreError> {
-        let id = self.next_queue_id;
-        self.commit(|buf| encode_queue(buf, id, def))?;
-        Ok(id)
+    /// Records a queue under a new id, which it returns. Ids are never reused, even when the
+    /// write fails.
+    pub(crate) fn put_queue(&self, def: &QueueDef) -> Result<u64, StoreError> {
+        self.commit(|defs, buf| {
+            let id = defs.next_queue_id;
+            defs.next_queue_id += 1;
+            encode_queue(buf, id, def);
+            id
+        })
     }
 
     pub(crate) fn delete_queue(
-        &mut self,
+        &self,
         vhost: &ShortString,
         name: &ShortString,
     ) -> Result<(), StoreError> {
-        self.commit(|buf| encode_delete(buf, DELETE_QUEUE, vhost, name))
+        self.commit(|_, buf| encode_delete(buf, DELETE_QUEUE, vhost, name))
     }
 
-    pub(crate) fn put_binding(&mut self, def: &BindingDef) -> Result<(), StoreError> {
-        self.commit(|buf| {
+    pub(crate) fn put_binding(&self, def: &BindingDef) -> Result<(), StoreError> {
+        self.commit(|_, buf| {
             buf.push(PUT_BINDING);
             encode_binding_body(buf, def);
         })
     }
 
-    pub(crate) fn delete_binding(&mut self, def: &BindingDef) -> Result<(), StoreError> {
-        self.commit(|buf| {
+    pub(crate) fn delete_binding(&self, def: &BindingDef) -> Result<(), StoreError> {
+        self.commit(|_, buf| {
             buf.push(DELETE_BINDING);
             encode_binding_body(buf, def);
         })
@@ -459,6 +568,6 @@ impl Definitions {
 
     /// Bytes in the definitions file.
     pub(crate) fn len(&self) -> u64 {
-        self.len
+        self.group.lock().defs.len
     }
 }

@@ -37,10 +37,15 @@ use crate::message::Message;
 use crate::queue::{Lsn, OffsetMap};
 use crate::record::{self, Fields, Next};
 
+mod compact;
+
 /// Marks a file as a Warren log segment.
 const SEGMENT_MAGIC: &[u8; 8] = b"WRNSEG\r\n";
-/// The segment format this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The segment format this build writes. Format 2 added moved records (compaction); this build
+/// reads format 1 segments too, which never hold one.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest segment format this build reads.
+pub(crate) const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Magic, format version, reserved word, segment number.
 pub(crate) const SEGMENT_HEADER_LEN: u64 = 24;
 /// An `Lsn` keeps the byte position in its low 40 bits (segments are far below 1 TiB).
@@ -53,6 +58,13 @@ const KIND_DELIVER: u8 = 3;
 /// A message whose body another queue's publish record already holds: a fanout to several
 /// durable queues writes the body once.
 const KIND_ENQUEUE: u8 = 4;
+/// A live publish or enqueue record copied forward by compaction: its original position (its
+/// *identity*, which acks, deliveries and the queues keep using) and its payload.
+const KIND_MOVED: u8 = 5;
+/// Bytes a moved record adds to the payload it wraps: the kind and the original position.
+const MOVED_OVERHEAD: u32 = 9;
+/// Where the flags byte sits in a publish or enqueue payload (after kind, queue id, offset).
+const FLAGS_AT: usize = 17;
 
 /// Gives every log of the process an id, so a message remembers which log holds its body.
 static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(1);
@@ -64,6 +76,9 @@ const FLAG_EXPIRES: u8 = 2;
 const FLAG_DELIVERED: u8 = 4;
 /// The message is not persistent (only in the spill log, which holds transient messages too).
 const FLAG_TRANSIENT: u8 = 8;
+/// Only in a moved copy of a publish record: its own queue's message is gone (acked) and the
+/// copy only holds the body for other queues' enqueue records.
+const FLAG_BODY_ONLY: u8 = 16;
 
 /// Tunables of the durable store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +94,13 @@ pub struct StoreOptions {
     /// the rest stay on disk and are read back when delivered (or by [`crate::Queue::page_in`]).
     /// Default 100 000.
     pub recovery_resident_per_queue: usize,
+    /// A sealed segment whose live records take less than this percentage of its bytes is
+    /// compacted: its live records are copied to the head of the log and it is deleted, so a
+    /// few long-lived messages do not pin whole segments. 0 turns compaction off. Default 50.
+    pub compact_below_percent: u8,
+    /// At most this many bytes of a segment are read and copied per sync, so compaction never
+    /// holds the sync thread (and the confirms waiting on it) for long. Default 1 MiB.
+    pub compact_step_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -87,6 +109,8 @@ impl Default for StoreOptions {
             segment_size: 64 << 20,
             flush_at: 256 << 10,
             recovery_resident_per_queue: 100_000,
+            compact_below_percent: 50,
+            compact_step_bytes: 1 << 20,
         }
     }
 }
@@ -98,9 +122,21 @@ impl StoreOptions {
         self
     }
 
-    /// The same options with another segment size (at least 4 KiB).
+    /// The same options with another segment size (at least 4 KiB, at most 1 GiB).
     pub fn with_segment_size(mut self, segment_size: u64) -> StoreOptions {
-        self.segment_size = segment_size.max(4096);
+        self.segment_size = segment_size.clamp(4096, 1 << 30);
+        self
+    }
+
+    /// The same options with another compaction threshold (percent of live bytes; 0 = off).
+    pub fn with_compaction(mut self, below_percent: u8) -> StoreOptions {
+        self.compact_below_percent = below_percent.min(100);
+        self
+    }
+
+    /// The same options with another compaction step (bytes per sync, at least 4 KiB).
+    pub fn with_compaction_step(mut self, bytes: usize) -> StoreOptions {
+        self.compact_step_bytes = bytes.max(4096);
         self
     }
 }
@@ -125,6 +161,9 @@ fn segment_of(lsn: u64) -> u64 {
     lsn >> SEGMENT_SHIFT
 }
 
+/// The byte position part of an `Lsn`.
+const POSITION_MASK: u64 = (1 << SEGMENT_SHIFT) - 1;
+
 /// Why a sync did not make everything durable. Every record appended before the failed sync,
 /// up to `upto`, may be lost: the broker nacks the confirms waiting on them.
 #[derive(Debug, thiserror::Error)]
@@ -137,15 +176,59 @@ pub struct SyncFailed {
     pub error: StoreError,
 }
 
+/// One publish, enqueue or moved record of a segment, and how many queue entries need it.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Where the record ends in its segment (what its `Lsn` holds).
+    end: u32,
+    /// The record's length, header included.
+    len: u32,
+    /// Queue entries that need it (its own queue's, and one per enqueue record pointing at its
+    /// body), in the low 30 bits; [`Slot::DELIVERED`] says a delivery of it was recorded, and
+    /// [`Slot::OWN_GONE`] that its own queue's entry is gone (only the body is still needed).
+    refs: u32,
+}
+
+impl Slot {
+    const DELIVERED: u32 = 1 << 31;
+    const OWN_GONE: u32 = 1 << 30;
+    const COUNT: u32 = Slot::OWN_GONE - 1;
+
+    fn refs(&self) -> u32 {
+        self.refs & Slot::COUNT
+    }
+
+    fn own_gone(&self) -> bool {
+        self.refs & Slot::OWN_GONE != 0
+    }
+
+    fn delivered(&self) -> bool {
+        self.refs & Slot::DELIVERED != 0
+    }
+}
+
 /// What the log knows about one segment file.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct SegmentState {
-    /// Publish records in it whose message is still in its queue.
+    /// Queue entries that need one of its records (the sum of its slots' references).
     live: u64,
-    /// Older segments holding publishes that this segment's acks and delivery records refer to.
+    /// Bytes of its records that some queue entry needs.
+    live_bytes: u64,
+    /// Its publish, enqueue and moved records, by position (appended in order, so sorted). At
+    /// recovery only the live ones are kept.
+    slots: Vec<Slot>,
+    /// Segments (identities: see [`KIND_MOVED`]) holding publishes that this segment's acks and
+    /// delivery records refer to.
     targets: BTreeSet<u64>,
     /// Bytes in the file.
     len: u64,
+}
+
+impl SegmentState {
+    fn slot_index(&self, end: u64) -> Option<usize> {
+        let end = u32::try_from(end).ok()?;
+        self.slots.binary_search_by_key(&end, |slot| slot.end).ok()
+    }
 }
 
 /// The bytes of one segment that are not known to be durable yet. They stay in memory until an
@@ -221,9 +304,126 @@ struct Writer {
     sync_waiting: bool,
     /// Length of the last record appended, header included.
     last_record_len: u32,
+    /// Records copied forward by compaction: identity (original `Lsn`) to where the copy ends.
+    /// Only entries some queue still needs are kept.
+    moved: OffsetMap<u64>,
+    /// For an identity segment, the segments holding copies of its records (live or not): acks
+    /// referring to it matter while one of them is on disk.
+    moved_to: BTreeMap<u64, BTreeSet<u64>>,
+    /// A compacted segment may be deleted only once a sync reached this `Lsn` (its copies and
+    /// the acks carried from it are durable).
+    holds: BTreeMap<u64, u64>,
+    /// The segment being compacted and the position in it to continue from.
+    compacting: Option<(u64, u64)>,
 }
 
 impl Writer {
+    /// Where the record with this identity is now.
+    fn resolve(&self, identity: u64) -> u64 {
+        self.moved.get(&identity).copied().unwrap_or(identity)
+    }
+
+    /// The slot of the record with this identity: (its segment, its index).
+    fn slot_of(&self, identity: u64) -> Option<(u64, usize)> {
+        let physical = self.resolve(identity);
+        let segment = segment_of(physical);
+        let index = self
+            .segments
+            .get(&segment)?
+            .slot_index(physical & POSITION_MASK)?;
+        Some((segment, index))
+    }
+
+    /// Records a new publish, enqueue or moved record ending at `end` and needed `refs` times.
+    fn add_slot(&mut self, end: u64, len: u32, refs: u32) {
+        let Some(state) = self.segments.get_mut(&segment_of(end)) else {
+            return;
+        };
+        let Ok(position) = u32::try_from(end & POSITION_MASK) else {
+            return;
+        };
+        state.slots.push(Slot {
+            end: position,
+            len,
+            refs,
+        });
+        let count = refs & Slot::COUNT;
+        state.live += u64::from(count);
+        if count > 0 {
+            state.live_bytes += u64::from(len);
+        }
+    }
+
+    /// One more queue entry needs the record with this identity (a fanout's enqueue record
+    /// pointing at its body). `false` if no entry needs it any more (it may be gone soon).
+    fn add_ref(&mut self, identity: u64) -> bool {
+        let Some((segment, index)) = self.slot_of(identity) else {
+            return false;
+        };
+        let Some(state) = self.segments.get_mut(&segment) else {
+            return false;
+        };
+        let Some(slot) = state.slots.get_mut(index) else {
+            return false;
+        };
+        if slot.refs() == 0 || slot.refs() == Slot::COUNT {
+            return false;
+        }
+        slot.refs += 1;
+        state.live += 1;
+        true
+    }
+
+    /// A queue entry no longer needs the record with this identity (acked, purged, deleted):
+    /// its own queue's entry (`own`), or another queue's entry whose body it holds.
+    fn release(&mut self, identity: u64, own: bool) {
+        let Some((segment, index)) = self.slot_of(identity) else {
+            return;
+        };
+        let Some(state) = self.segments.get_mut(&segment) else {
+            return;
+        };
+        let Some(slot) = state.slots.get_mut(index) else {
+            return;
+        };
+        if slot.refs() == 0 {
+            return;
+        }
+        slot.refs -= 1;
+        if own {
+            slot.refs |= Slot::OWN_GONE;
+        }
+        state.live = state.live.saturating_sub(1);
+        if slot.refs() == 0 {
+            state.live_bytes = state.live_bytes.saturating_sub(u64::from(slot.len));
+            self.moved.remove(&identity);
+        }
+    }
+
+    /// A delivery of the record with this identity was recorded (a copy carries the flag).
+    fn mark_delivered(&mut self, identity: u64) {
+        if let Some((segment, index)) = self.slot_of(identity)
+            && let Some(slot) = self
+                .segments
+                .get_mut(&segment)
+                .and_then(|state| state.slots.get_mut(index))
+        {
+            slot.refs |= Slot::DELIVERED;
+        }
+    }
+
+    /// Whether acks and delivery records referring to identity segment `target` still matter:
+    /// some record of it is on disk outside the segments in `doomed`.
+    fn stays(&self, target: u64, doomed: &BTreeSet<u64>) -> bool {
+        let present =
+            |segment: &u64| self.segments.contains_key(segment) && !doomed.contains(segment);
+        present(&target)
+            || self
+                .moved_to
+                .get(&target)
+                .is_some_and(|copies| copies.iter().any(present))
+    }
+
     fn end_lsn(&self) -> u64 {
         make_lsn(self.current.number, self.current.end())
     }
@@ -254,14 +454,7 @@ impl Writer {
                     self.sealed.push(sealed);
                 }
                 self.dir_dirty = true;
-                self.segments.insert(
-                    next,
-                    SegmentState {
-                        live: 0,
-                        targets: BTreeSet::new(),
-                        len: 0,
-                    },
-                );
+                self.segments.insert(next, SegmentState::default());
             }
             Err(error) => {
                 // Keep appending to the current segment; the next append past the size retries.
@@ -327,6 +520,8 @@ pub(crate) struct Log {
     volatile: bool,
     /// This log's id in the process (see `Message::logged`).
     id: u64,
+    /// Segments compaction could not read: left alone (until they are reclaimed).
+    compact_failed: Mutex<BTreeSet<u64>>,
 }
 
 impl fmt::Debug for Log {
@@ -474,6 +669,38 @@ fn decode_ref(payload: &[u8]) -> Option<(u64, u64, u64)> {
     fields.is_done().then_some((queue_id, offset, target))
 }
 
+/// A moved record: the identity (end of the original record) and the original payload.
+fn decode_moved(payload: &[u8]) -> Option<(u64, &[u8])> {
+    let mut fields = Fields::new(payload);
+    let _kind = fields.u8()?;
+    let identity = fields.u64()?;
+    let inner = payload.get(MOVED_OVERHEAD as usize..)?;
+    matches!(inner.first(), Some(&(KIND_PUBLISH | KIND_ENQUEUE))).then_some((identity, inner))
+}
+
+/// The message of a publish record read back (`data` is the whole record), or of the moved
+/// copy of one.
+fn decode_read(data: &[u8], moved: bool) -> Result<Message, &'static str> {
+    match record::next(data, 0) {
+        Next::Record(payload, _) => {
+            let payload = if moved {
+                decode_moved(payload).map_or(&[][..], |(_, inner)| inner)
+            } else {
+                payload
+            };
+            match decode_publish(payload, true) {
+                Some(DecodedPublish {
+                    message: Some(message),
+                    ..
+                }) => Ok(message),
+                _ => Err("not a publish record"),
+            }
+        }
+        Next::Bad(reason) => Err(reason),
+        Next::End => Err("empty record"),
+    }
+}
+
 fn encode_ref(buf: &mut Vec<u8>, kind: u8, queue_id: u64, offset: u64, target: u64) {
     buf.push(kind);
     record::put_u64(buf, queue_id);
@@ -502,8 +729,7 @@ impl Log {
             .collect();
         numbers.sort_unstable();
 
-        let mut pending: HashMap<u64, OffsetMap<Pending>> = HashMap::new();
-        let mut next_offsets: HashMap<u64, u64> = HashMap::new();
+        let mut scan = Scan::default();
         let mut segments: BTreeMap<u64, SegmentState> = BTreeMap::new();
         let mut report = RecoveredLog::default();
         let last = numbers.last().copied();
@@ -527,13 +753,18 @@ impl Log {
                 file.sync_data().map_err(StoreError::io(&name))?;
             }
             let mut state = SegmentState {
-                live: 0,
-                targets: BTreeSet::new(),
                 len,
+                ..SegmentState::default()
             };
             let is_last = Some(number) == last;
+            let format = data
+                .get(8..12)
+                .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+                .map(u32::from_le_bytes);
             let header_ok = data.get(0..8) == Some(&SEGMENT_MAGIC[..])
-                && data.get(8..12) == Some(&FORMAT_VERSION.to_le_bytes()[..])
+                && format.is_some_and(|format| {
+                    (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&format)
+                })
                 && data.get(16..24) == Some(&number.to_le_bytes()[..]);
             if !header_ok {
                 if data.len() < SEGMENT_HEADER_LEN as usize
@@ -566,8 +797,7 @@ impl Log {
                             payload,
                             lsn,
                             live_queues,
-                            &mut pending,
-                            &mut next_offsets,
+                            &mut scan,
                             &mut state,
                             &mut report,
                             &name,
@@ -597,39 +827,73 @@ impl Log {
             segments.insert(number, state);
         }
 
-        // Count what survived, per segment, and hand it out per queue in offset order.
-        let existing: BTreeSet<u64> = segments.keys().copied().collect();
+        // Count what survived, per record, and hand it out per queue in offset order. A record
+        // is where its latest copy is, if compaction moved it.
+        let Scan {
+            pending,
+            next_offsets,
+            locations,
+            moved_to,
+        } = scan;
+        let mut moved = OffsetMap::default();
+        // Takes one reference on the record with this identity; `false` if it is not on disk.
+        let mut take = |identity: u64,
+                        own: bool,
+                        delivered: bool,
+                        segments: &mut BTreeMap<u64, SegmentState>| {
+            let physical = locations.get(&identity).copied().unwrap_or(identity);
+            let Some(state) = segments.get_mut(&segment_of(physical)) else {
+                return false;
+            };
+            let Some(slot) = state
+                .slot_index(physical & POSITION_MASK)
+                .and_then(|index| state.slots.get_mut(index))
+            else {
+                return false;
+            };
+            if slot.refs() == 0 {
+                state.live_bytes += u64::from(slot.len);
+            }
+            slot.refs += 1;
+            if own {
+                slot.refs &= !Slot::OWN_GONE;
+            }
+            if delivered {
+                slot.refs |= Slot::DELIVERED;
+            }
+            state.live += 1;
+            if physical != identity {
+                moved.insert(identity, physical);
+            }
+            true
+        };
         for (queue_id, messages) in pending {
-            let mut recovered: Vec<Recovered> = messages
-                .into_iter()
-                .filter(|(_, pending)| {
-                    // An enqueue record whose body's segment is gone cannot be delivered: that
-                    // message was never confirmed (its body record came first in the log).
-                    pending.body_lsn == 0 || existing.contains(&segment_of(pending.body_lsn))
-                })
-                .map(|(offset, pending)| {
-                    if let Some(state) = segments.get_mut(&segment_of(pending.lsn)) {
-                        state.live += 1;
-                    }
-                    if pending.body_lsn != 0
-                        && let Some(state) = segments.get_mut(&segment_of(pending.body_lsn))
-                    {
-                        state.live += 1;
-                    }
-                    Recovered {
-                        offset,
-                        message: pending.message.map(Arc::new),
-                        body_len: pending.body_len,
-                        redelivered: pending.delivered || segment_of(pending.lsn) <= suspect_upto,
-                        lsn: pending.lsn,
-                        record_len: pending.record_len,
-                        body_lsn: pending.body_lsn,
-                        expires_at_ms: pending.expires_at_ms,
-                    }
-                })
-                .collect();
+            let mut recovered: Vec<Recovered> = Vec::with_capacity(messages.len());
+            for (offset, pending) in messages {
+                // An enqueue record whose body is gone cannot be delivered: that message was
+                // never confirmed (its body record came first in the log).
+                if pending.body_lsn != 0 && !take(pending.body_lsn, false, false, &mut segments) {
+                    continue;
+                }
+                take(pending.lsn, true, pending.delivered, &mut segments);
+                recovered.push(Recovered {
+                    offset,
+                    message: pending.message.map(Arc::new),
+                    body_len: pending.body_len,
+                    redelivered: pending.delivered || segment_of(pending.lsn) <= suspect_upto,
+                    lsn: pending.lsn,
+                    record_len: pending.record_len,
+                    body_lsn: pending.body_lsn,
+                    expires_at_ms: pending.expires_at_ms,
+                });
+            }
             recovered.sort_unstable_by_key(|recovered| recovered.offset);
             report.queues.insert(queue_id, recovered);
+        }
+        // Only live records need a slot from now on.
+        for state in segments.values_mut() {
+            state.slots.retain(|slot| slot.refs() > 0);
+            state.slots.shrink_to_fit();
         }
         report.next_offsets = next_offsets;
 
@@ -637,14 +901,7 @@ impl Log {
         let current = last.unwrap_or(0).max(suspect_upto) + 1;
         let name = segment_name(current);
         let current_file = backend.open(&name, true).map_err(StoreError::io(&name))?;
-        segments.insert(
-            current,
-            SegmentState {
-                live: 0,
-                targets: BTreeSet::new(),
-                len: 0,
-            },
-        );
+        segments.insert(current, SegmentState::default());
         let writer = Writer {
             current: Tail::new(current, current_file),
             sealed: Vec::new(),
@@ -654,6 +911,10 @@ impl Log {
             handed_out: make_lsn(current, SEGMENT_HEADER_LEN),
             sync_waiting: false,
             last_record_len: 0,
+            moved,
+            moved_to,
+            holds: BTreeMap::new(),
+            compacting: None,
         };
         let log = Log {
             backend,
@@ -665,6 +926,7 @@ impl Log {
             readers: Mutex::new(HashMap::new()),
             volatile: false,
             id: NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed),
+            compact_failed: Mutex::new(BTreeSet::new()),
         };
         {
             let mut writer = log.writer.lock();
@@ -701,18 +963,11 @@ impl Log {
         Ok(log)
     }
 
-    /// Records that a publish of segment `target` lost its message (acked, purged, deleted).
-    fn release(writer: &mut Writer, publish_lsn: u64) {
-        let target = segment_of(publish_lsn);
-        if let Some(state) = writer.segments.get_mut(&target) {
-            state.live = state.live.saturating_sub(1);
-        }
-    }
-
     fn add_target(writer: &mut Writer, record_lsn: u64, target: u64) {
         let here = segment_of(record_lsn);
+        let known = writer.segments.contains_key(&target) || writer.moved_to.contains_key(&target);
         if here != target
-            && writer.segments.contains_key(&target)
+            && known
             && let Some(state) = writer.segments.get_mut(&here)
         {
             state.targets.insert(target);
@@ -729,12 +984,12 @@ impl Log {
         delivered: bool,
     ) -> Published {
         let mut writer = self.writer.lock();
+        // The body's record counts one more reference (if some queue still needs it: a record
+        // nobody needs may be deleted or left behind by compaction at any moment).
         let shared = message
             .logged
             .get()
-            .filter(|(log, body_lsn, _)| {
-                *log == self.id && writer.segments.contains_key(&segment_of(*body_lsn))
-            })
+            .filter(|(log, body_lsn, _)| *log == self.id && writer.add_ref(*body_lsn))
             .map(|(_, body_lsn, body_len)| (*body_lsn, *body_len));
         let published = match shared {
             Some((body_lsn, body_len)) => {
@@ -748,10 +1003,6 @@ impl Log {
                         message.body_len(),
                     )
                 });
-                // The body's segment must stay while this queue needs it.
-                if let Some(state) = writer.segments.get_mut(&segment_of(body_lsn)) {
-                    state.live += 1;
-                }
                 Published {
                     lsn,
                     body_lsn,
@@ -773,9 +1024,8 @@ impl Log {
                 }
             }
         };
-        if let Some(state) = writer.segments.get_mut(&segment_of(published.lsn)) {
-            state.live += 1;
-        }
+        let own_len = writer.last_record_len;
+        writer.add_slot(published.lsn, own_len, 1);
         if writer.sync_waiting {
             writer.sync_waiting = false;
             self.appended.notify_one();
@@ -786,22 +1036,29 @@ impl Log {
     /// Reads back the message of the publish record that ends at `lsn` and is `record_len`
     /// bytes long (a paged-out body). The record must have been written (it was synced).
     pub(crate) fn read_publish(&self, lsn: u64, record_len: u32) -> Result<Message, StoreError> {
-        let (mut messages, error) = self.read_publishes(&[(lsn, record_len)]);
-        match (messages.pop(), error) {
-            (Some(message), _) => Ok(message),
-            (None, Some(error)) => Err(error),
-            (None, None) => Err(StoreError::Corrupt {
-                file: segment_name(segment_of(lsn)),
-                offset: lsn & ((1 << SEGMENT_SHIFT) - 1),
-                reason: "nothing read".to_owned(),
-            }),
+        // Compaction may move the record (and delete its segment) while we read: a failed read
+        // looks the record up again, and tries again if it moved meanwhile.
+        let mut physical = self.writer.lock().resolve(lsn);
+        loop {
+            let result = self.read_record_at(physical, lsn != physical, record_len);
+            if result.is_ok() {
+                return result;
+            }
+            let now = self.writer.lock().resolve(lsn);
+            if now == physical {
+                return result;
+            }
+            physical = now;
         }
     }
 
-    /// Reads back the messages of several publish records, each given as (end `Lsn`, length),
-    /// with one `pread` per run of records that lie close together in one segment (a paged-out
-    /// backlog is mostly consecutive records), instead of one per message. Returns the messages
-    /// of a prefix of `records`, and the error that stopped it early, if any.
+    /// Reads back the messages of several publish records, each given as (identity `Lsn`,
+    /// length), with one `pread` per run of records that lie close together in one segment (a
+    /// paged-out backlog is mostly consecutive records), instead of one per message. Records
+    /// compaction moved are read where they are now; one whose copy is still only in memory, or
+    /// whose run cannot be read (its segment was deleted meanwhile), is read alone through
+    /// [`Log::read_publish`]. Returns the messages of a prefix of `records`, and the error that
+    /// stopped it early, if any.
     pub(crate) fn read_publishes(
         &self,
         records: &[(u64, u32)],
@@ -810,24 +1067,50 @@ impl Log {
         const MAX_GAP: u64 = 64 << 10;
         /// The most bytes one read covers.
         const MAX_SPAN: u64 = 4 << 20;
-        let position = |lsn: u64| lsn & ((1 << SEGMENT_SHIFT) - 1);
+        /// Where a record is: its end, its length there, and whether it is a moved copy; `None`
+        /// when its bytes are still in the log's memory buffer.
+        type Located = Option<(u64, u32, bool)>;
+        let located: Vec<Located> = {
+            let writer = self.writer.lock();
+            records
+                .iter()
+                .map(|&(identity, len)| {
+                    let physical = writer.resolve(identity);
+                    let moved = physical != identity;
+                    let len = if moved {
+                        len.saturating_add(MOVED_OVERHEAD)
+                    } else {
+                        len
+                    };
+                    let start = (physical & POSITION_MASK).saturating_sub(u64::from(len));
+                    let buffered = std::iter::once(&writer.current)
+                        .chain(writer.sealed.iter())
+                        .any(|tail| tail.number == segment_of(physical) && start >= tail.start);
+                    (!buffered).then_some((physical, len, moved))
+                })
+                .collect()
+        };
         let mut messages = Vec::with_capacity(records.len());
+        let read_alone = |messages: &mut Vec<Message>, index: usize| {
+            let (identity, len) = records.get(index).copied().unwrap_or_default();
+            self.read_publish(identity, len)
+                .map(|message| messages.push(message))
+        };
         let mut first = 0;
-        while let Some(&(lsn, len)) = records.get(first) {
-            let segment = segment_of(lsn);
-            let name = segment_name(segment);
-            let Some(span_start) = position(lsn).checked_sub(u64::from(len)) else {
-                let error = StoreError::Corrupt {
-                    file: name,
-                    offset: position(lsn),
-                    reason: "record length past the segment start".to_owned(),
-                };
-                return (messages, Some(error));
+        while first < records.len() {
+            let Some(Some((lsn, len, _))) = located.get(first).copied() else {
+                if let Err(error) = read_alone(&mut messages, first) {
+                    return (messages, Some(error));
+                }
+                first += 1;
+                continue;
             };
-            let mut span_end = position(lsn);
+            let segment = segment_of(lsn);
+            let span_start = (lsn & POSITION_MASK).saturating_sub(u64::from(len));
+            let mut span_end = lsn & POSITION_MASK;
             let mut last = first + 1;
-            while let Some(&(next_lsn, next_len)) = records.get(last) {
-                let end = position(next_lsn);
+            while let Some(Some((next_lsn, next_len, _))) = located.get(last).copied() {
+                let end = next_lsn & POSITION_MASK;
                 let fits = segment_of(next_lsn) == segment
                     && end
                         .checked_sub(u64::from(next_len))
@@ -839,38 +1122,91 @@ impl Log {
                 span_end = end;
                 last += 1;
             }
-            let data = match self.read_span(segment, span_start, span_end - span_start) {
-                Ok(data) => data,
-                Err(error) => return (messages, Some(error)),
+            let Ok(data) = self.read_span(segment, span_start, span_end - span_start) else {
+                // Perhaps compacted and deleted meanwhile: one by one, each looked up again.
+                for index in first..last {
+                    if let Err(error) = read_alone(&mut messages, index) {
+                        return (messages, Some(error));
+                    }
+                }
+                first = last;
+                continue;
             };
-            for &(lsn, len) in records.get(first..last).unwrap_or_default() {
-                let start = position(lsn) - u64::from(len);
-                let corrupt = |reason: &str| StoreError::Corrupt {
-                    file: segment_name(segment),
-                    offset: start,
-                    reason: reason.to_owned(),
+            for index in first..last {
+                let Some(Some((lsn, len, moved))) = located.get(index).copied() else {
+                    break;
                 };
-                let at = (start - span_start) as usize;
-                let record = data.get(at..at + len as usize).unwrap_or_default();
-                let message = match record::next(record, 0) {
-                    Next::Record(payload, _) => match decode_publish(payload, true) {
-                        Some(DecodedPublish {
-                            message: Some(message),
-                            ..
-                        }) => Ok(message),
-                        _ => Err(corrupt("not a publish record")),
-                    },
-                    Next::Bad(reason) => Err(corrupt(reason)),
-                    Next::End => Err(corrupt("empty record")),
-                };
-                match message {
+                let at = usize::try_from(
+                    (lsn & POSITION_MASK).saturating_sub(u64::from(len)) - span_start,
+                )
+                .unwrap_or(usize::MAX);
+                let record = data
+                    .get(at..at.saturating_add(len as usize))
+                    .unwrap_or_default();
+                match decode_read(record, moved) {
                     Ok(message) => messages.push(message),
-                    Err(error) => return (messages, Some(error)),
+                    Err(reason) => {
+                        let error = StoreError::Corrupt {
+                            file: segment_name(segment),
+                            offset: (lsn & POSITION_MASK).saturating_sub(u64::from(len)),
+                            reason: reason.to_owned(),
+                        };
+                        return (messages, Some(error));
+                    }
                 }
             }
             first = last;
         }
         (messages, None)
+    }
+
+    /// Reads the publish record (or the moved copy of one, which is [`MOVED_OVERHEAD`] bytes
+    /// longer) ending at `physical`; `record_len` is the original record's length.
+    fn read_record_at(
+        &self,
+        physical: u64,
+        moved: bool,
+        record_len: u32,
+    ) -> Result<Message, StoreError> {
+        let segment = segment_of(physical);
+        let name = segment_name(segment);
+        let end = physical & POSITION_MASK;
+        let len = if moved {
+            record_len.saturating_add(MOVED_OVERHEAD)
+        } else {
+            record_len
+        };
+        let start = end
+            .checked_sub(u64::from(len))
+            .ok_or_else(|| StoreError::Corrupt {
+                file: name.clone(),
+                offset: end,
+                reason: "record length past the segment start".to_owned(),
+            })?;
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            file: name.clone(),
+            offset: start,
+            reason: reason.to_owned(),
+        };
+        // A copy made by compaction may not be written to the file yet: read it from memory.
+        let buffered = {
+            let writer = self.writer.lock();
+            std::iter::once(&writer.current)
+                .chain(writer.sealed.iter())
+                .find(|tail| tail.number == segment && start >= tail.start)
+                .map(|tail| {
+                    let from = usize::try_from(start - tail.start).unwrap_or(usize::MAX);
+                    tail.bytes
+                        .get(from..from.saturating_add(len as usize))
+                        .map(<[u8]>::to_vec)
+                })
+        };
+        let data = match buffered {
+            Some(Some(data)) => data,
+            Some(None) => return Err(corrupt("record past the end of the log")),
+            None => self.read_span(segment, start, u64::from(len))?,
+        };
+        decode_read(&data, moved).map_err(corrupt)
     }
 
     /// Reads `len` bytes at `start` of segment `segment` (kept open for further reads).
@@ -904,7 +1240,9 @@ impl Log {
         });
         Log::add_target(&mut writer, lsn, target);
         if release {
-            Log::release(&mut writer, publish_lsn);
+            writer.release(publish_lsn, true);
+        } else {
+            writer.mark_delivered(publish_lsn);
         }
         if writer.sync_waiting {
             writer.sync_waiting = false;
@@ -915,7 +1253,7 @@ impl Log {
     pub(crate) fn ack(&self, queue_id: u64, offset: u64, publish_lsn: u64, body_lsn: u64) {
         self.reference(KIND_ACK, queue_id, offset, publish_lsn, true);
         if body_lsn != 0 {
-            self.forget(body_lsn);
+            self.forget_body(body_lsn);
         }
     }
 
@@ -926,8 +1264,12 @@ impl Log {
     /// A message's queue was deleted: its publish no longer counts, and needs no record (the
     /// definitions file says the queue is gone).
     pub(crate) fn forget(&self, publish_lsn: u64) {
-        let mut writer = self.writer.lock();
-        Log::release(&mut writer, publish_lsn);
+        self.writer.lock().release(publish_lsn, true);
+    }
+
+    /// An entry that read its body from another queue's publish record no longer needs it.
+    pub(crate) fn forget_body(&self, body_lsn: u64) {
+        self.writer.lock().release(body_lsn, false);
     }
 
     /// Everything up to this `Lsn` is on stable storage.
@@ -944,9 +1286,22 @@ impl Log {
     /// whose messages are all gone. Appends from other threads continue meanwhile. Returns the
     /// `Lsn` now durable.
     pub(crate) fn sync(&self) -> Result<Lsn, SyncFailed> {
+        self.sync_and(true)
+    }
+
+    /// [`Log::sync`] without a compaction step (at close: nothing may be appended after it).
+    pub(crate) fn sync_for_close(&self) -> Result<Lsn, SyncFailed> {
+        self.sync_and(false)
+    }
+
+    fn sync_and(&self, compact: bool) -> Result<Lsn, SyncFailed> {
         let _one_sync = self.sync_lock.lock();
         let synced = self.sync_locked()?;
         self.reclaim_locked();
+        if compact {
+            // Its copies are synced (and the segment deleted) by the next sync.
+            self.compact_step();
+        }
         // Reclaiming may sync again (for the acks it carries forward), and that sync covers
         // every record appended meanwhile, publishes included. Report the furthest position:
         // the sync thread then idles (nothing handed out is unsynced), so confirms waiting on a
@@ -1061,7 +1416,7 @@ impl Log {
     /// Waits up to `timeout` for records to sync, then syncs them. `Ok(None)` if none came.
     /// The broker's sync thread loops on this.
     pub(crate) fn wait_and_sync(&self, timeout: Duration) -> Result<Option<Lsn>, SyncFailed> {
-        {
+        if !self.compaction_due() {
             let mut writer = self.writer.lock();
             if writer.handed_out <= self.synced.load(Ordering::Acquire) && writer.failed.is_none() {
                 writer.sync_waiting = true;
@@ -1080,39 +1435,45 @@ impl Log {
     /// Deletes segments without live messages, oldest first, carrying forward the acks and
     /// delivery records they hold for segments that stay. Runs with `sync_lock` held.
     fn reclaim_locked(&self) {
+        let synced = self.synced.load(Ordering::Acquire);
         let (doomed, carry) = {
             let writer = self.writer.lock();
             let current = writer.current.number;
-            let mut doomed = Vec::new();
-            let mut carry = Vec::new();
             // A segment sealed after this sync began may hold records not yet written to its
             // file: carrying forward reads the file, so it waits for the next sync.
             let unsynced: BTreeSet<u64> = writer.sealed.iter().map(|tail| tail.number).collect();
-            for (number, state) in &writer.segments {
-                if *number == current || state.live != 0 || unsynced.contains(number) {
-                    continue;
-                }
-                // Older segments are decided first: a target stays only if it has live messages.
-                let pinned = state.targets.iter().any(|target| {
-                    writer
-                        .segments
-                        .get(target)
-                        .is_some_and(|target_state| target_state.live != 0 || *target == current)
-                });
-                if pinned {
-                    carry.push(*number);
-                }
-                doomed.push(*number);
-            }
+            let doomed: BTreeSet<u64> = writer
+                .segments
+                .iter()
+                .filter(|(number, state)| {
+                    **number != current
+                        && state.live == 0
+                        && !unsynced.contains(number)
+                        // A compacted segment goes once its copies are durable.
+                        && writer.holds.get(number).is_none_or(|hold| *hold <= synced)
+                })
+                .map(|(number, _)| *number)
+                .collect();
+            let carry: Vec<u64> = doomed
+                .iter()
+                .filter(|number| {
+                    writer.segments.get(number).is_some_and(|state| {
+                        state
+                            .targets
+                            .iter()
+                            .any(|target| writer.stays(*target, &doomed))
+                    })
+                })
+                .copied()
+                .collect();
             (doomed, carry)
         };
         if doomed.is_empty() {
             return;
         }
         if !carry.is_empty() {
-            let doomed_set: BTreeSet<u64> = doomed.iter().copied().collect();
             for number in &carry {
-                if let Err(error) = self.carry_forward(*number, &doomed_set) {
+                if let Err(error) = self.carry_forward(*number, &doomed) {
                     tracing::warn!(%error, segment = number, "cannot carry acks forward; segment kept");
                     return;
                 }
@@ -1126,7 +1487,7 @@ impl Log {
         for number in doomed {
             {
                 let mut writer = self.writer.lock();
-                // A fanout may have pointed an enqueue record at a body here meanwhile.
+                // Nothing can point at a record nobody needs, but stay on the safe side.
                 if writer
                     .segments
                     .get(&number)
@@ -1135,6 +1496,17 @@ impl Log {
                     continue;
                 }
                 writer.segments.remove(&number);
+                writer.holds.remove(&number);
+                if writer
+                    .compacting
+                    .is_some_and(|(segment, _)| segment == number)
+                {
+                    writer.compacting = None;
+                }
+                writer.moved_to.retain(|_, copies| {
+                    copies.remove(&number);
+                    !copies.is_empty()
+                });
             }
             self.readers.lock().remove(&number);
             let name = segment_name(number);
@@ -1152,8 +1524,8 @@ impl Log {
         }
     }
 
-    /// Appends again the acks and delivery records of segment `number` that point at segments
-    /// that stay (not in `doomed`).
+    /// Appends again the acks and delivery records of segment `number` that refer to segments
+    /// that stay (see [`Writer::stays`]).
     fn carry_forward(&self, number: u64, doomed: &BTreeSet<u64>) -> Result<(), StoreError> {
         let name = segment_name(number);
         let file = self
@@ -1168,27 +1540,35 @@ impl Log {
         let mut carried = 0u64;
         while let Next::Record(payload, after) = record::next(&data, pos) {
             pos = after;
-            let Some(kind @ (KIND_ACK | KIND_DELIVER)) = payload.first().copied() else {
-                continue;
-            };
-            let Some((queue_id, offset, target)) = decode_ref(payload) else {
-                continue;
-            };
-            if target == number || doomed.contains(&target) {
-                continue;
+            if self.carry_one(number, payload, doomed).is_some() {
+                carried += 1;
             }
-            let mut writer = self.writer.lock();
-            if !writer.segments.contains_key(&target) {
-                continue;
-            }
-            let lsn = writer.append(&*self.backend, &self.options, |buf| {
-                encode_ref(buf, kind, queue_id, offset, target)
-            });
-            Log::add_target(&mut writer, lsn, target);
-            carried += 1;
         }
         tracing::debug!(file = %name, carried, "acks carried forward from a reclaimed segment");
         Ok(())
+    }
+
+    /// Appends a copy of `payload`, read from segment `number`, if it is an ack or delivery
+    /// record that refers to a segment that stays; returns where the copy ends.
+    fn carry_one(&self, number: u64, payload: &[u8], doomed: &BTreeSet<u64>) -> Option<u64> {
+        let kind @ (KIND_ACK | KIND_DELIVER) = payload.first().copied()? else {
+            return None;
+        };
+        let (queue_id, offset, target) = decode_ref(payload)?;
+        // Records of a segment about its own publishes apply to records that go with it (a
+        // moved copy carries the delivered flag itself).
+        if target == number {
+            return None;
+        }
+        let mut writer = self.writer.lock();
+        if !writer.stays(target, doomed) {
+            return None;
+        }
+        let lsn = writer.append(&*self.backend, &self.options, |buf| {
+            encode_ref(buf, kind, queue_id, offset, target)
+        });
+        Log::add_target(&mut writer, lsn, target);
+        Some(lsn)
     }
 
     /// Bytes in log segments on disk (and buffered for them).
@@ -1216,13 +1596,110 @@ impl Log {
     }
 }
 
+/// What recovery accumulates while it reads the segments.
+#[derive(Default)]
+struct Scan {
+    /// Messages that are live so far, per queue id, by offset.
+    pending: HashMap<u64, OffsetMap<Pending>>,
+    next_offsets: HashMap<u64, u64>,
+    /// Identity to where its latest copy ends, for every moved record read.
+    locations: HashMap<u64, u64>,
+    /// Identity segment to the segments holding copies of its records.
+    moved_to: BTreeMap<u64, BTreeSet<u64>>,
+}
+
+/// Applies the publish or enqueue `payload` whose identity is `identity` (its own end, or for a
+/// moved record the original's). `record_len` is the length of the record holding it.
+#[allow(clippy::too_many_arguments)]
+fn apply_message(
+    payload: &[u8],
+    identity: u64,
+    moved: bool,
+    live_queues: &BTreeSet<u64>,
+    scan: &mut Scan,
+    report: &mut RecoveredLog,
+    resident_limit: usize,
+) -> Option<()> {
+    let (queue_id, offset, pending) = match payload.first().copied() {
+        Some(KIND_PUBLISH) => {
+            let resident = Fields::new(payload.get(1..).unwrap_or(&[]))
+                .u64()
+                .and_then(|queue_id| scan.pending.get(&queue_id))
+                .map_or(0, |messages| messages.len());
+            let load = resident < resident_limit;
+            let DecodedPublish {
+                queue_id,
+                offset,
+                message,
+                body_len,
+                delivered,
+                expires_at_ms,
+            } = decode_publish(payload, load)?;
+            let pending = Pending {
+                message,
+                body_len,
+                lsn: identity,
+                expires_at_ms,
+                // The length of the original record, which reading it back expects.
+                record_len: u32::try_from(record::FRAME_HEADER + payload.len()).unwrap_or(u32::MAX),
+                body_lsn: 0,
+                delivered,
+            };
+            (queue_id, offset, pending)
+        }
+        Some(KIND_ENQUEUE) => {
+            let enqueue = decode_enqueue(payload)?;
+            let pending = Pending {
+                message: None,
+                body_len: enqueue.body_size,
+                lsn: identity,
+                record_len: enqueue.body_len,
+                body_lsn: enqueue.body_lsn,
+                delivered: enqueue.delivered,
+                expires_at_ms: None,
+            };
+            (enqueue.queue_id, enqueue.offset, pending)
+        }
+        _ => return None,
+    };
+    let next = scan.next_offsets.entry(queue_id).or_default();
+    *next = (*next).max(offset + 1);
+    let body_only = moved
+        && payload
+            .get(FLAGS_AT)
+            .is_some_and(|flags| flags & FLAG_BODY_ONLY != 0);
+    if !live_queues.contains(&queue_id) || body_only {
+        // A body-only copy is found through `Scan::locations` by the enqueue records using it.
+        return Some(());
+    }
+    let messages = scan.pending.entry(queue_id).or_default();
+    if moved
+        && let Some(existing) = messages.get_mut(&offset)
+        && existing.lsn == identity
+    {
+        // A copy of a record still on disk (its segment was not deleted yet): one message.
+        existing.delivered |= pending.delivered;
+        return Some(());
+    }
+    if let Some(replaced) = messages.insert(offset, pending) {
+        // A restored message published again while the ack of its previous publish record was
+        // lost (that ack sat in an older segment's unsynced tail while this record reached the
+        // disk). Unless an ack turns up later, recovery writes one, or the old record would come
+        // back once this one is acked.
+        report
+            .superseded
+            .entry((queue_id, offset, segment_of(replaced.lsn)))
+            .or_insert(false);
+    }
+    Some(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn apply_record(
     payload: &[u8],
     lsn: u64,
     live_queues: &BTreeSet<u64>,
-    pending: &mut HashMap<u64, OffsetMap<Pending>>,
-    next_offsets: &mut HashMap<u64, u64>,
+    scan: &mut Scan,
     state: &mut SegmentState,
     report: &mut RecoveredLog,
     name: &str,
@@ -1233,85 +1710,50 @@ fn apply_record(
         report.bad_records += 1;
         tracing::error!(file = %name, offset = pos, "unreadable record in the message log skipped");
     };
+    let record_len = u32::try_from(record::FRAME_HEADER + payload.len()).unwrap_or(u32::MAX);
+    let slot = Slot {
+        end: u32::try_from(lsn & POSITION_MASK).unwrap_or(u32::MAX),
+        len: record_len,
+        // Until a recovered message of its own queue claims it.
+        refs: Slot::OWN_GONE,
+    };
     match payload.first().copied() {
-        Some(KIND_PUBLISH) => {
-            let resident = Fields::new(payload.get(1..).unwrap_or(&[]))
-                .u64()
-                .and_then(|queue_id| pending.get(&queue_id))
-                .map_or(0, |messages| messages.len());
-            let load = resident < resident_limit;
-            let Some(DecodedPublish {
-                queue_id,
-                offset,
-                message,
-                body_len,
-                delivered,
-                expires_at_ms,
-            }) = decode_publish(payload, load)
-            else {
-                return bad(report);
-            };
-            let next = next_offsets.entry(queue_id).or_default();
-            *next = (*next).max(offset + 1);
-            if live_queues.contains(&queue_id) {
-                let replaced = pending.entry(queue_id).or_default().insert(
-                    offset,
-                    Pending {
-                        message,
-                        body_len,
-                        lsn,
-                        record_len: u32::try_from(record::FRAME_HEADER + payload.len())
-                            .unwrap_or(u32::MAX),
-                        body_lsn: 0,
-                        delivered,
-                        expires_at_ms,
-                    },
-                );
-                if let Some(replaced) = replaced {
-                    // A restored message published again while the ack of its previous publish
-                    // record was lost (that ack sat in an older segment's unsynced tail while
-                    // this record reached the disk). Unless an ack turns up later, recovery
-                    // writes one, or the old record would come back once this one is acked.
-                    report
-                        .superseded
-                        .entry((queue_id, offset, segment_of(replaced.lsn)))
-                        .or_insert(false);
-                }
+        Some(KIND_PUBLISH | KIND_ENQUEUE) => {
+            match apply_message(
+                payload,
+                lsn,
+                false,
+                live_queues,
+                scan,
+                report,
+                resident_limit,
+            ) {
+                Some(()) => state.slots.push(slot),
+                None => bad(report),
             }
         }
-        Some(KIND_ENQUEUE) => {
-            let Some(Enqueue {
-                queue_id,
-                offset,
-                delivered,
-                body_lsn,
-                body_len,
-                body_size,
-            }) = decode_enqueue(payload)
-            else {
+        Some(KIND_MOVED) => {
+            let Some((identity, inner)) = decode_moved(payload) else {
                 return bad(report);
             };
-            let next = next_offsets.entry(queue_id).or_default();
-            *next = (*next).max(offset + 1);
-            if live_queues.contains(&queue_id) {
-                let replaced = pending.entry(queue_id).or_default().insert(
-                    offset,
-                    Pending {
-                        message: None,
-                        body_len: body_size,
-                        lsn,
-                        record_len: body_len,
-                        body_lsn,
-                        delivered,
-                        expires_at_ms: None,
-                    },
-                );
-                if let Some(replaced) = replaced {
-                    report
-                        .superseded
-                        .entry((queue_id, offset, segment_of(replaced.lsn)))
-                        .or_insert(false);
+            match apply_message(
+                inner,
+                identity,
+                true,
+                live_queues,
+                scan,
+                report,
+                resident_limit,
+            ) {
+                Some(()) => {
+                    state.slots.push(slot);
+                    scan.locations.insert(identity, lsn);
+                    scan.moved_to
+                        .entry(segment_of(identity))
+                        .or_default()
+                        .insert(segment_of(lsn));
                 }
+                None => bad(report),
             }
         }
         Some(kind @ (KIND_ACK | KIND_DELIVER)) => {
@@ -1321,9 +1763,9 @@ fn apply_record(
             if target != segment_of(lsn) {
                 state.targets.insert(target);
             }
-            let next = next_offsets.entry(queue_id).or_default();
+            let next = scan.next_offsets.entry(queue_id).or_default();
             *next = (*next).max(offset + 1);
-            let Some(messages) = pending.get_mut(&queue_id) else {
+            let Some(messages) = scan.pending.get_mut(&queue_id) else {
                 return;
             };
             // A record refers to one publish record: a message restored after a no-ack pop is
@@ -1472,7 +1914,7 @@ impl Journal {
     pub(crate) fn forget(&self, publish_lsn: u64, body_lsn: u64) {
         self.log.forget(publish_lsn);
         if body_lsn != 0 {
-            self.log.forget(body_lsn);
+            self.log.forget_body(body_lsn);
         }
     }
 }

@@ -70,7 +70,9 @@
 //!    by every queue since the last sync (group commit) and returns the durable [`Lsn`]; publish it
 //!    (e.g. a `tokio::sync::watch`) so channels send `basic.ack` for their confirms up to it. On
 //!    `Err(SyncFailed)`, `basic.nack` every confirm waiting on an `Lsn` up to
-//!    [`SyncFailed::upto`]; later syncs work again once the disk does. Meanwhile the records wait
+//!    [`SyncFailed::upto`]; later syncs work again once the disk does. The same loop compacts
+//!    the log (a bounded step per sync, also while idle): live records of mostly-dead segments
+//!    are copied forward so that long-lived messages do not pin old segments. Meanwhile the records wait
 //!    in memory: block publishers of persistent messages while [`Store::unsynced_bytes`] is
 //!    above a limit.
 //! 5. On shutdown, after the last queue operation: [`Store::close`], so the next start knows which

@@ -6,13 +6,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use warren_codec::ShortString;
 
 use crate::backend::{Backend, FileBackend, Prefixed};
-use crate::definitions::{BindingDef, DEFINITIONS_FILE, Definitions, ExchangeDef, QueueDef};
+use crate::definitions::{
+    BindingDef, DEFINITIONS_FILE, Definitions, DefinitionsLog, ExchangeDef, QueueDef,
+};
 use crate::error::StoreError;
-use crate::journal::{FORMAT_VERSION, Journal, Log, StoreOptions, SyncFailed};
+use crate::journal::{
+    FORMAT_VERSION, Journal, Log, OLDEST_FORMAT_VERSION, StoreOptions, SyncFailed,
+};
 use crate::queue::{Lsn, Queue};
 
 /// The version marker's file name, and its contents for this build's format.
@@ -62,7 +65,8 @@ pub struct Store {
     log: Arc<Log>,
     /// Bodies without a durable record, paged out under memory pressure (`spill-*` files).
     spill: Arc<Log>,
-    definitions: Mutex<Definitions>,
+    /// Durable exchanges, queues and bindings, with group commit.
+    definitions: DefinitionsLog,
 }
 
 impl Store {
@@ -152,7 +156,7 @@ impl Store {
             backend,
             log,
             spill,
-            definitions: Mutex::new(definitions),
+            definitions: DefinitionsLog::new(definitions),
         };
         Ok((store, recovery))
     }
@@ -161,7 +165,7 @@ impl Store {
     /// once when a durable queue is created, not on a redeclare of an existing one: a second call
     /// for the same name replaces the first (whose logged messages are then dead).
     pub fn declare_queue(&self, def: &QueueDef) -> Result<Queue, StoreError> {
-        let id = self.definitions.lock().put_queue(def)?;
+        let id = self.definitions.put_queue(def)?;
         Ok(
             Queue::with_journal(Journal::new(Arc::clone(&self.log), id), Vec::new(), 0)
                 .with_spill(Arc::clone(&self.spill)),
@@ -183,14 +187,14 @@ impl Store {
         name: &ShortString,
         mut queue: Queue,
     ) -> Result<(), StoreError> {
-        self.definitions.lock().delete_queue(vhost, name)?;
+        self.definitions.delete_queue(vhost, name)?;
         let _journal = queue.detach();
         Ok(())
     }
 
     /// Records a durable exchange (synced before returning); replaces one of the same name.
     pub fn put_exchange(&self, def: &ExchangeDef) -> Result<(), StoreError> {
-        self.definitions.lock().put_exchange(def)
+        self.definitions.put_exchange(def)
     }
 
     /// Removes a durable exchange and the bindings from or to it (synced before returning).
@@ -199,17 +203,17 @@ impl Store {
         vhost: &ShortString,
         name: &ShortString,
     ) -> Result<(), StoreError> {
-        self.definitions.lock().delete_exchange(vhost, name)
+        self.definitions.delete_exchange(vhost, name)
     }
 
     /// Records a durable binding (synced before returning); adding it twice keeps one.
     pub fn put_binding(&self, def: &BindingDef) -> Result<(), StoreError> {
-        self.definitions.lock().put_binding(def)
+        self.definitions.put_binding(def)
     }
 
     /// Removes a durable binding (synced before returning).
     pub fn delete_binding(&self, def: &BindingDef) -> Result<(), StoreError> {
-        self.definitions.lock().delete_binding(def)
+        self.definitions.delete_binding(def)
     }
 
     /// Writes and fdatasyncs every record appended so far, by any queue (group commit), then
@@ -251,7 +255,7 @@ impl Store {
 
     /// Bytes the store holds on disk (log segments and definitions).
     pub fn disk_usage(&self) -> u64 {
-        self.log.disk_usage() + self.definitions.lock().len()
+        self.log.disk_usage() + self.definitions.len()
     }
 
     /// Bytes of log records appended but not yet on stable storage; they stay in memory until a
@@ -270,7 +274,7 @@ impl Store {
     /// Syncs everything and marks the data folder as cleanly closed, so the next open knows which
     /// recovered messages were never delivered. Call it last, once no queue is used any more.
     pub fn close(&self) -> Result<(), StoreError> {
-        self.log.sync().map_err(|failed| failed.error)?;
+        self.log.sync_for_close().map_err(|failed| failed.error)?;
         let marker = self
             .backend
             .open(CLEAN_FILE, true)
@@ -354,11 +358,35 @@ fn check_version(backend: &dyn Backend) -> Result<(), StoreError> {
         .trim()
         .strip_prefix(VERSION_PREFIX)
         .and_then(|number| number.parse::<u32>().ok());
-    if version != Some(FORMAT_VERSION) {
-        return Err(StoreError::UnsupportedFormat {
+    match version {
+        Some(FORMAT_VERSION) => Ok(()),
+        Some(old) if (OLDEST_FORMAT_VERSION..FORMAT_VERSION).contains(&old) => {
+            // Everything of the older format reads as it is; new segments are of this format,
+            // so the marker moves first: an older build then refuses the folder clearly.
+            write_version(backend)?;
+            tracing::info!(
+                from = old,
+                to = FORMAT_VERSION,
+                "data folder format upgraded"
+            );
+            Ok(())
+        }
+        _ => Err(StoreError::UnsupportedFormat {
             found: text.trim().to_owned(),
             supported: FORMAT_VERSION,
-        });
+        }),
     }
-    Ok(())
+}
+
+/// Replaces the version marker with this build's, durably (new file renamed over the old).
+fn write_version(backend: &dyn Backend) -> Result<(), StoreError> {
+    let tmp = format!("{VERSION_FILE}.tmp");
+    let contents = format!("{VERSION_PREFIX}{FORMAT_VERSION}\n");
+    let file = backend.open(&tmp, true).map_err(StoreError::io(&tmp))?;
+    file.set_len(0)
+        .and_then(|()| file.write_all_at(contents.as_bytes(), 0))
+        .and_then(|()| file.sync_data())
+        .and_then(|()| backend.rename(&tmp, VERSION_FILE))
+        .and_then(|()| backend.sync_dir())
+        .map_err(StoreError::io(VERSION_FILE))
 }

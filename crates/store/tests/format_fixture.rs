@@ -1,5 +1,6 @@
-//! Files written by an earlier release keep opening: the format-1 folder checked in under
-//! `tests/fixtures` (written by `examples/write_format_fixture.rs`) is read back in full.
+//! Files written by an earlier release keep opening: the format-1 and format-2 folders checked in
+//! under `tests/fixtures` (written by `examples/write_format_fixture.rs`) are read back in full.
+//! The format-2 folder holds only moved records (its first segment was compacted away).
 
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,7 +18,23 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn format_1_data_folder_opens_with_everything_in_it() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1");
+    check_fixture("format-1");
+}
+
+#[test]
+fn format_2_data_folder_with_moved_records_opens_with_everything_in_it() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-2");
+    assert!(
+        !fixture.join("0000000000000001.seg").exists(),
+        "the fixture's first segment was compacted: only copies are left"
+    );
+    check_fixture("format-2");
+}
+
+fn check_fixture(folder: &str) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(folder);
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixture, dir.path());
 
@@ -71,4 +88,7 @@ fn format_1_data_folder_opens_with_everything_in_it() {
     assert!(!ready.redelivered);
     assert_eq!(ready.message.priority, None);
     assert!(queue.pop().is_none(), "the acked message stays gone");
+    // Opened as it is, then marked as this build's format before anything new was written.
+    let version = std::fs::read_to_string(dir.path().join("VERSION")).unwrap();
+    assert_eq!(version, "warren-store 2\n");
 }

@@ -1,6 +1,8 @@
 //! A real process writing to real files is killed with SIGKILL at random moments, 20 times over
 //! one data folder: every message confirmed by a sync is there exactly once after each restart,
-//! and every message whose ack was synced stays gone.
+//! and every message whose ack was synced stays gone. The writer uses 16 KiB segments and compacts
+//! any segment less than 90% live, so kills also land while segments roll, are reclaimed and are
+//! compacted (the requeued and unconsumed messages it leaves behind keep old segments part live).
 //!
 //! The test binary plays both parts: started with `WARREN_STORE_CHILD=DIR` it is the writer, which
 //! publishes, consumes and acks in a loop and prints what each successful sync made durable.
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use warren_codec::ShortString;
-use warren_store::{Message, Queue, QueueDef, Store};
+use warren_store::{FileBackend, Message, Queue, QueueDef, Store, StoreOptions};
 
 const CHILD_ENV: &str = "WARREN_STORE_CHILD";
 /// 20 rounds in CI; `WARREN_STORE_KILL_ROUNDS=500` for a longer run.
@@ -47,7 +49,11 @@ fn open_queue(store: &Store, recovery: &mut warren_store::Recovery) -> Queue {
 /// The writer: runs until killed. Prints `a id` before acking (from then on the ack may reach the
 /// disk), `C id` for each publish and `A id` for each ack that a successful sync made durable.
 fn child(dir: &Path, round: u64) {
-    let (store, mut recovery) = Store::open(dir).unwrap();
+    let options = StoreOptions::default()
+        .with_segment_size(16 << 10)
+        .with_compaction(90);
+    let backend = Arc::new(FileBackend::new(dir).unwrap());
+    let (store, mut recovery) = Store::open_with(backend, options).unwrap();
     let mut queue = open_queue(&store, &mut recovery);
     let mut stdout = std::io::stdout().lock();
     let mut next = 0u64;
