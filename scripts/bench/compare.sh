@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the standard scenarios S1-S7 side by side against Warren and RabbitMQ on this machine,
+# Runs the standard scenarios S1-S9 side by side against Warren and RabbitMQ on this machine,
 # interleaved (Warren and RabbitMQ alternate which goes first), ROUNDS times each, and writes the
 # table of medians and Warren/RabbitMQ ratios into docs/performance.md.
 #
@@ -67,9 +67,14 @@ SCENARIO[S4]="--time $DURATION --size 256 --exchange-type fanout --queues 10 --c
 SCENARIO[S5]="--mode backlog --backlog $BACKLOG --size 256 --confirm 1000 --prefetch 1000 --multi-ack 100 --settle 2"
 SCENARIO[S6]="--mode idle --connections $IDLE_CONNS --settle 3"
 SCENARIO[S7]="--time $DURATION --size 256 --rate 1000 --autoack"
+# Group commit across publishers: confirmed persistent 1 KiB messages into one durable queue from
+# 1 and from 10 publisher connections, each with 100 confirms in flight (S9 has as many in
+# flight in total as S3). If one sync covers every publisher's records, S9 is up to 10x S8.
+SCENARIO[S8]="--time $DURATION --size 1024 --persistent --durable --confirm 100 --prefetch 1000 --multi-ack 100"
+SCENARIO[S9]="--time $DURATION --size 1024 --persistent --durable --confirm 100 --producers 10 --prefetch 1000 --multi-ack 100"
 # S6 at the issue's 2,000 connections, Warren only: this RabbitMQ cannot hold that many sockets.
 SCENARIO[S6W]="--mode idle --connections 2000 --settle 3"
-ORDER=(S6 S6W S1 S2 S3 S4 S7 S5)
+ORDER=(S6 S6W S1 S2 S3 S8 S9 S4 S7 S5)
 if [[ -n "$ONLY" ]]; then
     IFS=, read -r -a ORDER <<<"$ONLY"
 fi
@@ -85,11 +90,11 @@ stop_warren() {
 }
 trap stop_warren EXIT
 
-# Starts a fresh Warren (on disk for S3, in memory otherwise) and sets WARREN_PID and WARREN_URI.
+# Starts a fresh Warren (on disk for S3, S8 and S9, in memory otherwise) and sets WARREN_PID and WARREN_URI.
 start_warren() {
     local scenario="$1" log="$OUT_DIR/warren-$1-$2.log"
     local storage=(--ephemeral)
-    if [[ $scenario == S3 ]]; then
+    if [[ $scenario == S3 || $scenario == S8 || $scenario == S9 ]]; then
         local dir="$OUT_DIR/warren-data-$2"
         rm -rf "$dir"
         storage=(--data-dir "$dir")
