@@ -1057,3 +1057,104 @@ def test_quorum_queue_declare(connection, names):
         channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "classic"})
     assert_channel_closed(excinfo, 406, "PRECONDITION_FAILED - inequivalent arg 'x-queue-type'")
 
+
+
+def test_quorum_queue_refusals(connection, names):
+    queue = names.queue()
+    for durable, arguments, text in (
+        (False, {"x-queue-type": "quorum"}, f"invalid property 'non-durable' for queue '{queue}' in vhost '/'"),
+        (True, {"x-queue-type": "quorum", "x-max-priority": 10},
+         f"invalid arg 'x-max-priority' for queue '{queue}' in vhost '/' of queue type rabbit_quorum_queue"),
+        (True, {"x-queue-type": "bogus"},
+         f"invalid arg 'x-queue-type' for queue '{queue}' in vhost '/': \"unsupported queue type 'bogus'\""),
+        (False, {"x-delivery-limit": 3},
+         f"invalid arg 'x-delivery-limit' for queue '{queue}' in vhost '/' of queue type rabbit_classic_queue"),
+    ):
+        channel = connection.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+            channel.queue_declare(queue, durable=durable, arguments=arguments)
+        assert (excinfo.value.reply_code, excinfo.value.reply_text) == (406, f"PRECONDITION_FAILED - {text}")
+    assert connection.is_open
+
+
+def poll_get(channel, queue: str, seconds=1.0):
+    """basic.get until a message comes (quorum queues apply nacks asynchronously on RabbitMQ)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        method, props, body = channel.basic_get(queue)
+        if method is not None or time.monotonic() > deadline:
+            return method, props, body
+        time.sleep(0.05)
+
+
+def test_quorum_delivery_limit(connection, names):
+    channel = connection.channel()
+    channel.confirm_delivery()
+    queue, dead, dlx = names.queue("work"), names.queue("dead"), names.exchange("dlx")
+    channel.exchange_declare(dlx, "fanout")
+    channel.queue_declare(dead)
+    channel.queue_bind(dead, dlx)
+    channel.queue_declare(queue, durable=True, arguments={
+        "x-queue-type": "quorum", "x-delivery-limit": 2, "x-dead-letter-exchange": dlx})
+    channel.basic_publish("", queue, b"poison", BasicProperties(headers={"app": "x"}))
+    seen = []
+    while True:
+        method, props, body = poll_get(channel, queue)
+        if method is None:
+            break
+        assert body == b"poison"
+        seen.append((method.redelivered, props.headers["x-delivery-count"]))
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    # Delivered limit + 1 times, the count from 0 on basic.get; then dead-lettered.
+    assert seen == [(False, 0), (True, 1), (True, 2)]
+    method, props, body = poll_get(channel, dead)
+    assert body == b"poison"
+    channel.basic_ack(method.delivery_tag)
+    headers = props.headers
+    assert "x-delivery-count" not in headers
+    death = headers["x-death"][0]
+    assert (death["reason"], death["queue"], death["count"]) == ("delivery_limit", queue, 1)
+    # RabbitMQ sorts the headers it rewrites.
+    assert list(headers) == sorted(headers)
+
+
+def test_reject_publish_dlx(connection, names):
+    channel = connection.channel()
+    channel.confirm_delivery()
+    queue, dead, dlx = names.queue("full"), names.queue("dead"), names.exchange("dlx")
+    channel.exchange_declare(dlx, "fanout")
+    channel.queue_declare(dead)
+    channel.queue_bind(dead, dlx)
+    channel.queue_declare(queue, arguments={
+        "x-max-length": 1, "x-overflow": "reject-publish-dlx", "x-dead-letter-exchange": dlx})
+    outcomes = []
+    for body in (b"p0", b"p1", b"p2"):
+        try:
+            channel.basic_publish("", queue, body)
+            outcomes.append("ack")
+        except pika.exceptions.NackError:
+            outcomes.append("nack")
+    assert outcomes == ["ack", "nack", "nack"]
+    assert drain(channel, queue) == [b"p0"]
+    dead_letters = []
+    deadline = time.monotonic() + 2
+    while len(dead_letters) < 2 and time.monotonic() < deadline:
+        method, props, body = channel.basic_get(dead, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+            continue
+        dead_letters.append((body, props.headers["x-death"][0]["reason"]))
+    assert dead_letters == [(b"p1", "maxlen"), (b"p2", "maxlen")]
+
+
+def test_invalid_expiration_refused(connection, names):
+    queue = names.queue()
+    connection.channel().queue_declare(queue)
+    for expiration, term in (("abc", "no_integer"), ("-1", "{value_negative,-1}"), ("1.5", '{leftover_string,".5"}')):
+        channel = connection.channel()
+        channel.basic_publish("", queue, b"x", BasicProperties(expiration=expiration))
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as excinfo:
+            channel.queue_declare(queue, passive=True)
+        assert (excinfo.value.reply_code, excinfo.value.reply_text) == (
+            406, f"PRECONDITION_FAILED - invalid expiration '{expiration}': {term}")
+    assert connection.is_open

@@ -387,7 +387,7 @@ fn long(bytes: &[u8]) -> FieldValue {
 }
 
 /// Decodes raw property bytes (flags and list, as received) into properties.
-fn decode_properties(raw: &Bytes, body_size: usize) -> warren_codec::BasicProperties {
+pub(crate) fn decode_properties(raw: &Bytes, body_size: usize) -> warren_codec::BasicProperties {
     let mut payload = bytes::BytesMut::with_capacity(12 + raw.len());
     payload.extend_from_slice(&60u16.to_be_bytes());
     payload.extend_from_slice(&0u16.to_be_bytes());
@@ -396,6 +396,12 @@ fn decode_properties(raw: &Bytes, body_size: usize) -> warren_codec::BasicProper
     warren_codec::ContentHeader::decode(&payload.freeze())
         .map(|h| h.properties)
         .unwrap_or_default()
+}
+
+/// RabbitMQ sorts a message's headers by name whenever it changes them (dead-lettering, the
+/// quorum queues' `x-delivery-count`), so clients see them in that order.
+pub(crate) fn sort_headers(headers: &mut FieldTable) {
+    headers.0.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
 }
 
 fn decode_table(bytes: &bytes::Bytes) -> FieldTable {
@@ -743,7 +749,7 @@ impl VHost {
             ))
             .into());
         }
-        validate_queue_arguments(&declare.name, &self.name, &declare.arguments)?;
+        crate::arguments::check_declare(&self.declared(&declare))?;
         // Own the name: it may be a slice of a large read buffer.
         let name = ShortString::from_bytes(bytes::Bytes::copy_from_slice(declare.name.as_bytes()))
             .unwrap_or_default();
@@ -790,44 +796,34 @@ impl VHost {
         }
     }
 
+    /// What the argument checks need from a declare.
+    fn declared<'a>(&'a self, declare: &'a QueueDeclare) -> crate::arguments::Declared<'a> {
+        crate::arguments::Declared {
+            queue: &declare.name,
+            vhost: &self.name,
+            durable: declare.durable,
+            exclusive: declare.exclusive,
+            auto_delete: declare.auto_delete,
+            arguments: &declare.arguments,
+        }
+    }
+
     fn check_equivalent(
         &self,
         queue: &QueueEntity,
         declare: &QueueDeclare,
     ) -> Result<(), AmqpError> {
-        let flag = |name: &str, received: bool, current: bool| -> Result<(), AmqpError> {
-            if received == current {
-                return Ok(());
-            }
-            Err(ChannelError::precondition_failed(format!(
-                "inequivalent arg '{name}' for queue '{}' in vhost '{}': received '{received}' but current is '{current}'",
-                queue.name, self.name
-            ))
-            .into())
-        };
-        flag("durable", declare.durable, queue.durable)?;
-        flag("auto_delete", declare.auto_delete, queue.auto_delete)?;
-        // RabbitMQ compares the x- arguments it knows; comparing all keys is close enough.
-        let keys = declare
-            .arguments
-            .iter()
-            .map(|(k, _)| k)
-            .chain(queue.arguments.iter().map(|(k, _)| k));
-        for key in keys {
-            let received = declare.arguments.get(key.as_bytes());
-            let current = queue.arguments.get(key.as_bytes());
-            if received != current {
-                return Err(ChannelError::precondition_failed(format!(
-                    "inequivalent arg '{key}' for queue '{}' in vhost '{}': received {} but current is {}",
-                    queue.name,
-                    self.name,
-                    describe_value(received),
-                    describe_value(current)
-                ))
-                .into());
-            }
-        }
-        Ok(())
+        // RabbitMQ makes an exclusive queue non-durable, so an exclusive redeclare matches
+        // whatever `durable` either declare said.
+        let mut received = self.declared(declare);
+        received.durable = declare.durable && !declare.exclusive;
+        crate::arguments::check_equivalent(
+            &received,
+            queue.queue_type,
+            queue.durable && queue.exclusive_owner.is_none(),
+            queue.auto_delete,
+            &queue.arguments,
+        )
     }
 
     /// Deletes a queue: it leaves the topology (with its bindings), its consumers are
@@ -1017,6 +1013,7 @@ impl VHost {
         if !matches!(outcome, RouteOutcome::Routed(_)) {
             return;
         }
+        sort_headers(&mut headers);
         properties.headers = Some(headers);
         let mut raw = bytes::BytesMut::new();
         properties.encode(&mut raw);
@@ -1103,95 +1100,6 @@ impl VHost {
             RouteOutcome::ExchangeNotFound => Err(self.no_exchange(exchange)),
             RouteOutcome::InternalExchange => Err(self.internal_exchange(exchange)),
             _ => Ok(()),
-        }
-    }
-}
-
-/// RabbitMQ's checks of the queue arguments it knows, for the cases clients hit most.
-fn validate_queue_arguments(
-    queue: &ShortString,
-    vhost: &str,
-    arguments: &FieldTable,
-) -> Result<(), AmqpError> {
-    let invalid = |key: &str, why: String| -> AmqpError {
-        ChannelError::precondition_failed(format!(
-            "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
-        ))
-        .into()
-    };
-    for (key, value) in arguments.iter() {
-        let Some(key_str) = key.as_str() else {
-            continue;
-        };
-        let non_negative = matches!(
-            key_str,
-            "x-message-ttl" | "x-max-length" | "x-max-length-bytes" | "x-max-priority"
-        );
-        let positive = key_str == "x-expires";
-        if !(non_negative || positive) {
-            continue;
-        }
-        let Some(n) = integer(value) else {
-            return Err(invalid(
-                key_str,
-                format!("\"expected integer, got {}\"", type_name(value)),
-            ));
-        };
-        if n < 0 {
-            return Err(invalid(key_str, format!("{{value_negative,{n}}}")));
-        }
-        if positive && n == 0 {
-            return Err(invalid(key_str, format!("{{value_zero,{n}}}")));
-        }
-    }
-    Ok(())
-}
-
-fn integer(value: &FieldValue) -> Option<i64> {
-    match value {
-        FieldValue::I8(v) => Some(i64::from(*v)),
-        FieldValue::U8(v) => Some(i64::from(*v)),
-        FieldValue::I16(v) => Some(i64::from(*v)),
-        FieldValue::U16(v) => Some(i64::from(*v)),
-        FieldValue::I32(v) => Some(i64::from(*v)),
-        FieldValue::U32(v) => Some(i64::from(*v)),
-        FieldValue::I64(v) => Some(*v),
-        _ => None,
-    }
-}
-
-/// RabbitMQ's names for field types, as they appear in reply texts.
-fn type_name(value: &FieldValue) -> &'static str {
-    match value {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) => "long",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::Decimal { .. } => "decimal",
-        FieldValue::LongString(_) => "longstr",
-        FieldValue::Array(_) => "array",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Table(_) => "table",
-        FieldValue::Void => "void",
-        FieldValue::ByteArray(_) => "binary",
-    }
-}
-
-fn describe_value(value: Option<&FieldValue>) -> String {
-    match value {
-        None => "none".to_owned(),
-        Some(v) => {
-            let shown = match v {
-                FieldValue::LongString(b) => String::from_utf8_lossy(b).into_owned(),
-                other => integer(other).map_or_else(|| format!("{other:?}"), |n| n.to_string()),
-            };
-            format!("the value '{shown}' of type '{}'", type_name(v))
         }
     }
 }

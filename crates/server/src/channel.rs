@@ -684,7 +684,22 @@ impl Channel {
         let queue = if consume.queue.as_bytes() == REPLY_TO.as_bytes() {
             self.reply_queue(&consume, ctx)?
         } else {
-            self.queue_for(&consume.queue, ctx)?
+            let queue = self.queue_for(&consume.queue, ctx)?;
+            crate::arguments::check_consume(
+                &queue.name,
+                ctx.vhost.name(),
+                queue.queue_type,
+                &consume.arguments,
+            )?;
+            if queue.queue_type == crate::arguments::QueueType::Quorum
+                && self.shared.global_prefetch.load(Ordering::Relaxed) != 0
+            {
+                return Err(crate::arguments::global_qos_refused(
+                    &queue.name,
+                    ctx.vhost.name(),
+                ));
+            }
+            queue
         };
         let tag = if consume.consumer_tag.is_empty() {
             generated_name("amq.ctag-")
@@ -946,6 +961,9 @@ impl Channel {
             .on(60, 40)
             .into());
         }
+        if let Some(expiration) = &publish.properties.expiration {
+            crate::arguments::parse_expiration(expiration.as_bytes())?;
+        }
         if let Mode::Tx { publishes, .. } = &mut self.mode {
             // Check the exchange now, as RabbitMQ does, but route at commit.
             ctx.vhost.check_publish(&publish.exchange)?;
@@ -1039,8 +1057,7 @@ impl Channel {
                 .properties
                 .expiration
                 .as_ref()
-                .and_then(|e| e.as_str())
-                .and_then(|e| e.parse::<u64>().ok())
+                .and_then(|e| crate::arguments::parse_expiration(e.as_bytes()).ok())
             {
                 message.expires_at_ms = Some(crate::queue::now_ms().saturating_add(ttl));
             }

@@ -17,6 +17,7 @@
 //! the thread that pages bodies to disk and back, and `disk` the free disk space alarm;
 //! `config` and `auth` are start-up.
 
+pub mod arguments;
 pub mod auth;
 pub mod broker;
 pub mod channel;

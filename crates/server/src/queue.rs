@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use warren_codec::{FieldTable, ShortString};
 use warren_store::{Delivery, Lsn, Message};
 
+use crate::arguments::QueueType;
 use crate::levels::Levels;
 use crate::memory::MemoryMonitor;
 
@@ -185,6 +186,11 @@ pub struct QueueEntity {
     pub exclusive_owner: Option<u64>,
     /// `arguments` as declared, compared on redeclare.
     pub arguments: FieldTable,
+    /// `x-queue-type`: a quorum queue counts deliveries (`x-delivery-count`, `x-delivery-limit`).
+    pub queue_type: QueueType,
+    /// `x-delivery-limit` (quorum queues): a message returned more often is dead-lettered
+    /// (`delivery_limit`) or dropped. `None`: no limit.
+    delivery_limit: Option<u32>,
     /// Messages and consumers.
     inner: Mutex<QueueInner>,
     /// `x-max-length`, `x-max-length-bytes` and `x-overflow`, read once at declare.
@@ -222,6 +228,9 @@ struct QueueInner {
     /// Messages that died under the lock (expired, dropped, rejected), routed to the
     /// dead-letter exchange once the lock is released.
     dead: Vec<(Arc<Message>, &'static str)>,
+    /// Quorum queues: how often each message (by offset) was returned to the queue. Only
+    /// returned messages have an entry; it leaves with the message.
+    delivery_counts: std::collections::HashMap<u64, u32>,
 }
 
 /// Where a queue's dead messages go.
@@ -250,10 +259,12 @@ struct LengthLimits {
     /// `reject-publish` (or `reject-publish-dlx`): refuse new messages instead of dropping the
     /// oldest.
     reject_publish: bool,
+    /// `reject-publish-dlx`: a refused message is also dead-lettered (`maxlen`).
+    dead_letter_refused: bool,
 }
 
 impl LengthLimits {
-    fn from_arguments(arguments: &FieldTable) -> Self {
+    fn from_arguments(arguments: &FieldTable, queue_type: QueueType) -> Self {
         use warren_codec::FieldValue;
         let int = |name: &[u8]| -> Option<u64> {
             match arguments.get(name)? {
@@ -267,14 +278,18 @@ impl LengthLimits {
                 _ => None,
             }
         };
-        let reject_publish = matches!(
-            arguments.get(b"x-overflow"),
-            Some(FieldValue::LongString(v)) if v.starts_with(b"reject-publish")
-        );
+        let overflow = match arguments.get(b"x-overflow") {
+            Some(FieldValue::LongString(v)) => &v[..],
+            _ => b"drop-head",
+        };
+        // RabbitMQ 3.10's quorum queues take `reject-publish-dlx` and act as `drop-head`.
+        let dead_letter_refused =
+            overflow == b"reject-publish-dlx" && queue_type != QueueType::Quorum;
         LengthLimits {
             max_length: int(b"x-max-length"),
             max_length_bytes: int(b"x-max-length-bytes"),
-            reject_publish,
+            reject_publish: overflow == b"reject-publish" || dead_letter_refused,
+            dead_letter_refused,
         }
     }
 }
@@ -305,7 +320,14 @@ impl QueueEntity {
             usize::try_from(messages.ready_bytes() + messages.unacked_bytes())
                 .unwrap_or(usize::MAX),
         );
-        let limits = LengthLimits::from_arguments(&arguments);
+        let queue_type = QueueType::of(&arguments);
+        let limits = LengthLimits::from_arguments(&arguments, queue_type);
+        // RabbitMQ 3.10 ignores a limit that is not an integer and reads a negative one as 0.
+        let delivery_limit = match arguments.get(b"x-delivery-limit") {
+            Some(value) if queue_type == QueueType::Quorum => crate::arguments::integer(value)
+                .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX)),
+            _ => None,
+        };
         let recovered_any = messages.ready_count() > 0;
         // x-max-priority: RabbitMQ caps it at 255. A durable queue's levels share its log, and
         // recovery puts each message back in its level (see `Levels`).
@@ -329,6 +351,8 @@ impl QueueEntity {
             _ => None,
         };
         QueueEntity {
+            queue_type,
+            delivery_limit,
             limits,
             message_ttl,
             dead_letter,
@@ -353,6 +377,7 @@ impl QueueEntity {
                 next_consumer: 0,
                 had_consumer: false,
                 dead: Vec::new(),
+                delivery_counts: std::collections::HashMap::new(),
             }),
             deleted: AtomicBool::new(false),
             memory,
@@ -369,6 +394,11 @@ impl QueueEntity {
     pub fn publish(self: &Arc<Self>, mut message: Arc<Message>) -> Published {
         if self.is_deleted() {
             return Published::Queued(None);
+        }
+        if self.queue_type == QueueType::Quorum && !message.persistent {
+            // A quorum queue keeps every message on disk, whatever its delivery mode, as
+            // RabbitMQ's do; what consumers see is unchanged.
+            message = Arc::new(Message::clone(&message).with_persistent(true));
         }
         if let Some(ttl) = self.message_ttl {
             // The queue's TTL counts from now; the earlier of it and the message's own wins.
@@ -416,12 +446,27 @@ impl QueueEntity {
             || limits
                 .max_length_bytes
                 .is_some_and(|max| inner.messages.ready_bytes() + body_len as u64 > max);
-        if full && limits.reject_publish {
+        let refused = if self.queue_type == QueueType::Quorum {
+            // RabbitMQ 3.10's quorum queues refuse only once they are over the limit, so they
+            // take one message more than a classic queue.
+            limits
+                .max_length
+                .is_some_and(|max| inner.messages.ready_count() as u64 > max)
+                || limits
+                    .max_length_bytes
+                    .is_some_and(|max| inner.messages.ready_bytes() > max)
+        } else {
+            full
+        };
+        if limits.reject_publish && refused {
+            if limits.dead_letter_refused {
+                self.died(inner, message, "maxlen");
+            }
             return Published::Rejected;
         }
         self.memory.add(body_len);
         let pushed = inner.messages.push(message);
-        if full {
+        if full && !limits.reject_publish {
             // drop-head (RabbitMQ's default overflow): the oldest ready messages make room.
             while limits
                 .max_length
@@ -432,6 +477,7 @@ impl QueueEntity {
             {
                 match inner.messages.pop_no_ack() {
                     Some(dropped) => {
+                        forget_count(inner, dropped.offset);
                         self.memory.sub(dropped.message.body.len());
                         self.died(inner, dropped.message, "maxlen");
                     }
@@ -461,7 +507,9 @@ impl QueueEntity {
         if inner.messages.next_expiry().is_none_or(|at| at > now) {
             return;
         }
-        // A body paged out to disk is read back only to dead-letter it.
+        // A body paged out to disk is read back only to dead-letter it. (A quorum queue's
+        // delivery count of an expired returned message stays until the queue goes: the index
+        // does not say which offsets it took, and offsets are never reused.)
         let read_back = self.dead_letter.is_some();
         for expired in inner.messages.expire(now, read_back) {
             self.memory
@@ -492,6 +540,7 @@ impl QueueEntity {
             if !no_ack {
                 inner.messages.ack(delivery.offset);
             }
+            forget_count(inner, delivery.offset);
             self.memory.sub(delivery.message.body.len());
             self.died(inner, delivery.message, "expired");
         }
@@ -595,6 +644,7 @@ impl QueueEntity {
                 consumer.release_credit();
                 break;
             };
+            let delivery = self.counted(inner, delivery, consumer.no_ack, false);
             if consumer.no_ack {
                 self.memory.sub(delivery.message.body.len());
             }
@@ -622,6 +672,7 @@ impl QueueEntity {
 
     fn get_locked(&self, inner: &mut QueueInner, no_ack: bool) -> Option<(Delivery, u32)> {
         let delivery = self.take_next(inner, no_ack)?;
+        let delivery = self.counted(inner, delivery, no_ack, true);
         if no_ack {
             self.memory.sub(delivery.message.body.len());
         }
@@ -633,6 +684,7 @@ impl QueueEntity {
     pub fn reject(self: &Arc<Self>, offset: u64) {
         let dead = {
             let mut inner = self.inner.lock();
+            forget_count(&mut inner, offset);
             if let Some(message) = inner.messages.ack(offset)
                 && !self.is_deleted()
             {
@@ -647,6 +699,7 @@ impl QueueEntity {
     /// Forgets an acknowledged message.
     pub fn ack(&self, offset: u64) {
         let mut inner = self.inner.lock();
+        forget_count(&mut inner, offset);
         // A deleted queue already gave its bytes back to the memory account.
         if let Some(message) = inner.messages.ack(offset)
             && !self.is_deleted()
@@ -655,15 +708,82 @@ impl QueueEntity {
         }
     }
 
-    /// Puts an unacked message back at its original position, flagged redelivered.
-    /// The caller dispatches afterwards (once per batch).
-    pub fn requeue(&self, offset: u64) {
-        let mut inner = self.inner.lock();
-        if self.is_deleted() {
-            inner.messages.ack(offset);
-            return;
+    /// Puts an unacked message back at its original position, flagged redelivered (a quorum
+    /// queue counts the return, see [`QueueEntity::return_counted`]). The caller dispatches
+    /// afterwards (once per batch).
+    pub fn requeue(self: &Arc<Self>, offset: u64) {
+        let dead = {
+            let mut inner = self.inner.lock();
+            if self.is_deleted() {
+                inner.messages.ack(offset);
+                return;
+            }
+            if self.queue_type == QueueType::Quorum {
+                self.return_counted(&mut inner, offset);
+            } else {
+                inner.messages.requeue(offset);
+            }
+            std::mem::take(&mut inner.dead)
+        };
+        self.dead_letter(dead);
+    }
+
+    /// A quorum queue's return, as RabbitMQ 3.10 does it: the message's delivery count goes
+    /// up; past `x-delivery-limit` it dies (`delivery_limit`); under a limit it goes back to the
+    /// head of the queue, and with no limit to the tail.
+    fn return_counted(&self, inner: &mut QueueInner, offset: u64) {
+        let count = inner
+            .delivery_counts
+            .remove(&offset)
+            .unwrap_or(0)
+            .saturating_add(1);
+        match self.delivery_limit {
+            Some(limit) if count > limit => {
+                if let Some(message) = inner.messages.ack(offset) {
+                    self.memory.sub(message.body.len());
+                    self.died(inner, message, "delivery_limit");
+                }
+            }
+            Some(_) => {
+                if inner.messages.requeue(offset) {
+                    inner.delivery_counts.insert(offset, count);
+                }
+            }
+            None => {
+                if let Some(message) = inner.messages.ack(offset) {
+                    let pushed = inner.messages.push(message);
+                    inner.delivery_counts.insert(pushed.offset, count);
+                }
+            }
         }
-        inner.messages.requeue(offset);
+    }
+
+    /// A quorum queue's delivery carries its count: `redelivered` once returned, and the
+    /// `x-delivery-count` header RabbitMQ 3.10 adds (to a `basic.get` always, to a consumer's
+    /// delivery once the message was returned). The queue keeps the message as published.
+    fn counted(
+        &self,
+        inner: &mut QueueInner,
+        mut delivery: Delivery,
+        no_ack: bool,
+        get: bool,
+    ) -> Delivery {
+        if self.queue_type != QueueType::Quorum {
+            return delivery;
+        }
+        let count = if no_ack {
+            inner.delivery_counts.remove(&delivery.offset)
+        } else {
+            inner.delivery_counts.get(&delivery.offset).copied()
+        }
+        .unwrap_or(0);
+        if count > 0 {
+            delivery.redelivered = true;
+        }
+        if count > 0 || get {
+            delivery.message = with_delivery_count(&delivery.message, count);
+        }
+        delivery
     }
 
     /// Puts back a no-ack message that was dispatched but never sent (its consumer went away
@@ -734,6 +854,8 @@ impl QueueEntity {
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
+        // A quorum queue's delivery counts stay: unacked messages keep theirs, and entries of
+        // purged returned messages (offsets are never reused) go with the queue.
         let mut inner = self.inner.lock();
         let bytes = inner.messages.ready_bytes();
         let n = inner.messages.purge();
@@ -763,6 +885,29 @@ impl QueueEntity {
         }
         n_ready
     }
+}
+
+/// Forgets a quorum queue's delivery count for a message leaving the queue.
+fn forget_count(inner: &mut QueueInner, offset: u64) {
+    if !inner.delivery_counts.is_empty() {
+        inner.delivery_counts.remove(&offset);
+    }
+}
+
+/// A copy of `message` whose headers carry `x-delivery-count` (a long, as RabbitMQ sends it).
+fn with_delivery_count(message: &Message, count: u32) -> Arc<Message> {
+    let mut properties = crate::broker::decode_properties(&message.properties, message.body.len());
+    let headers = properties.headers.get_or_insert_with(FieldTable::new);
+    headers.insert(
+        ShortString::from_static("x-delivery-count"),
+        warren_codec::FieldValue::I64(i64::from(count)),
+    );
+    crate::broker::sort_headers(headers);
+    let mut raw = bytes::BytesMut::new();
+    properties.encode(&mut raw);
+    let mut copy = Message::clone(message);
+    copy.properties = raw.freeze();
+    Arc::new(copy)
 }
 
 /// Paging (see `pager.rs`): the pager thread surveys every queue and moves bodies between

@@ -762,6 +762,39 @@ scenario("consumer_priority", async (n) => {
   await connection.close();
 });
 
+scenario("quorum_delivery_limit", async (n) => {
+  const connection = await connect();
+  const ch = await channel(connection, true);
+  const [dlx, dead, work] = [n.exchange("dlx"), n.queue("dead"), n.queue("work")];
+  await ch.assertExchange(dlx, "fanout", { durable: false });
+  await ch.assertQueue(dead);
+  await ch.bindQueue(dead, dlx, "");
+  await ch.assertQueue(work, { durable: true, deadLetterExchange: dlx, arguments: { "x-queue-type": "quorum", "x-delivery-limit": 2 } });
+  ch.sendToQueue(work, Buffer.from("poison"));
+  await ch.waitForConfirms();
+  // RabbitMQ applies a quorum queue's nacks asynchronously: poll for each redelivery.
+  const poll = async (queue) => {
+    let message = false;
+    await waitFor(async () => (message = await ch.get(queue)) !== false, 1000, "a message").catch(() => {});
+    return message;
+  };
+  const seen = [];
+  for (let message = await poll(work); message; message = await poll(work)) {
+    seen.push([message.fields.redelivered, message.properties.headers["x-delivery-count"]]);
+    ch.nack(message, false, true);
+  }
+  // Delivered limit + 1 times (basic.get counts from 0), then dead-lettered.
+  assert.deepEqual(seen, [[false, 0], [true, 1], [true, 2]]);
+  const message = await poll(dead);
+  ch.ack(message);
+  assert.equal(message.content.toString(), "poison");
+  const headers = message.properties.headers;
+  assert.equal(headers["x-delivery-count"], undefined);
+  const [death] = headers["x-death"];
+  assert.deepEqual([death.reason, death.queue, death.count], ["delivery_limit", work, 1]);
+  await connection.close();
+});
+
 // -- the example program in interop/node/examples -----------------------------------------------
 
 scenario("example_publish_consume", async () => {
