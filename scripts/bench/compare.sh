@@ -12,6 +12,11 @@
 #   RABBIT_URI (amqp://guest:guest@127.0.0.1:5672/%2f), RABBIT_PID (pgrep -f beam.smp)
 #   WARREN_BIN (target/release/warren), LOADGEN_BIN (target/release/warren-loadgen)
 #   OUT_DIR (a fresh directory under /tmp)  where the JSON lines and logs go
+#   NAME_PREFIX (loadgen.cmp)  queue and exchange names start with NAME_PREFIX.SCENARIO
+#
+# Not in the default order, run with --only: E0,E1 (a backlog without and with per-message TTLs,
+# a third of them expiring while queued) and R0,R1 (a live run without and with TTLs that never
+# run out: what the expiry index costs), for the expiry figures in docs/performance.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -44,6 +49,7 @@ RABBIT_PID="${RABBIT_PID:-$(pgrep -f beam.smp | head -1 || true)}"
 WARREN_BIN="${WARREN_BIN:-$ROOT/target/release/warren}"
 LOADGEN_BIN="${LOADGEN_BIN:-$ROOT/target/release/warren-loadgen}"
 OUT_DIR="${OUT_DIR:-$(mktemp -d /tmp/warren-compare.XXXXXX)}"
+NAME_PREFIX="${NAME_PREFIX:-loadgen.cmp}"
 mkdir -p "$OUT_DIR"
 # S6W holds 2,000 connections: the generator and Warren (started from here) need the descriptors.
 ulimit -n 8192 2>/dev/null || true
@@ -74,6 +80,12 @@ SCENARIO[S8]="--time $DURATION --size 1024 --persistent --durable --confirm 100 
 SCENARIO[S9]="--time $DURATION --size 1024 --persistent --durable --confirm 100 --producers 10 --prefetch 1000 --multi-ack 100"
 # S6 at the issue's 2,000 connections, Warren only: this RabbitMQ cannot hold that many sockets.
 SCENARIO[S6W]="--mode idle --connections 2000 --settle 3"
+# Expiry: one message in three never expires, one expires after 1 s (while queued: the settle
+# time is 3 s), one after 10 minutes (not during the run).
+SCENARIO[E0]="--mode backlog --backlog $BACKLOG --size 256 --confirm 1000 --prefetch 1000 --multi-ack 100 --settle 3"
+SCENARIO[E1]="${SCENARIO[E0]} --expiration=-,1000,600000"
+SCENARIO[R0]="--time $DURATION --size 256 --confirm 1000 --prefetch 1000 --multi-ack 100"
+SCENARIO[R1]="${SCENARIO[R0]} --expiration=-,60000,600000"
 ORDER=(S6 S6W S1 S2 S3 S8 S9 S4 S7 S5)
 if [[ -n "$ONLY" ]]; then
     IFS=, read -r -a ORDER <<<"$ONLY"
@@ -137,7 +149,7 @@ run_one() {
     local out="$OUT_DIR/$scenario-$broker-$round"
     echo "== $label" >&2
     # shellcheck disable=SC2086
-    timeout 300 "$LOADGEN_BIN" --uri "$uri" --broker-pid "$pid" --prefix "loadgen.cmp.$scenario" \
+    timeout 300 "$LOADGEN_BIN" --uri "$uri" --broker-pid "$pid" --prefix "$NAME_PREFIX.$scenario" \
         --drain-timeout 10 --quiet --label "$label" ${SCENARIO[$scenario]} >"$out.json" 2>"$out.err" || true
     if [[ $broker == warren ]] && ! kill -0 "$WARREN_PID" 2>/dev/null; then
         echo "warren exited during $label" >>"$out.err"
@@ -174,9 +186,9 @@ for scenario in "${ORDER[@]}"; do
 done
 
 # A run cut short by its timeout leaves its queues behind on the shared RabbitMQ; delete those
-# (only ours: every scenario's names start with loadgen.cmp.).
+# (only ours: every scenario's names start with $NAME_PREFIX.).
 if command -v rabbitmqctl >/dev/null; then
-    timeout 60 rabbitmqctl list_queues -q name 2>/dev/null | grep -E '^loadgen\.cmp\.' |
+    timeout 60 rabbitmqctl list_queues -q name 2>/dev/null | awk -v p="$NAME_PREFIX." 'index($0, p) == 1' |
         while read -r queue; do timeout 30 rabbitmqctl delete_queue "$queue" >/dev/null 2>&1 || true; done || true
 fi
 

@@ -501,7 +501,8 @@ async fn row21_refused_login_is_answered_only_after_the_delay() {
 #[tokio::test]
 async fn row21_refused_login_keeps_its_handshake_slot_and_others_are_served() {
     let mut config = Config::for_tests();
-    config.limits.auth_failure_delay = Duration::from_millis(1500);
+    let delay = Duration::from_secs(3);
+    config.limits.auth_failure_delay = delay;
     config.limits.max_unauthenticated_per_ip = 1;
     let broker = TestBroker::start_with(config).await;
     let guesser = loopback(5);
@@ -511,10 +512,10 @@ async fn row21_refused_login_keeps_its_handshake_slot_and_others_are_served() {
     // While the refusal waits, the guesser's address may not start another attempt ...
     let mut next_guess = RawClient::connect_from(broker.addr(), guesser).await;
     assert!(next_guess.closed_by_peer().await);
-    // ... but everybody else logs in at once.
+    // ... but everybody else logs in meanwhile.
     let start = Instant::now();
     still_serves(&broker).await;
-    assert!(start.elapsed() < Duration::from_millis(1500));
+    assert!(start.elapsed() < delay);
     assert_eq!(
         raw.expect_method(10, 50).await.close_reply().unwrap().0,
         403

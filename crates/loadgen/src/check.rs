@@ -77,6 +77,13 @@ impl SeqSet {
         fresh
     }
 
+    /// Whether `seq` is a member.
+    pub fn contains(&self, seq: u64) -> bool {
+        self.words
+            .get((seq / 64) as usize)
+            .is_some_and(|w| w & (1u64 << (seq % 64)) != 0)
+    }
+
     /// How many members.
     pub fn len(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()
@@ -174,6 +181,9 @@ pub struct Verdict {
     /// Messages that reached a queue they should not have (or carried sequences never sent).
     pub unexpected: u64,
     pub malformed: u64,
+    /// Messages delivered although their TTL ran out before the consumers started (backlog
+    /// mode with `--expiration`): an expired message must never reach a consumer.
+    pub expired_delivered: u64,
 }
 
 impl Verdict {
@@ -185,6 +195,7 @@ impl Verdict {
         self.reordered += other.reordered;
         self.unexpected += other.unexpected;
         self.malformed += other.malformed;
+        self.expired_delivered += other.expired_delivered;
     }
 
     pub fn is_clean(&self) -> bool {
@@ -193,13 +204,27 @@ impl Verdict {
             && self.reordered == 0
             && self.unexpected == 0
             && self.malformed == 0
+            && self.expired_delivered == 0
     }
 }
 
 /// Judges one queue: `checkers` are the consumers that read from it, `published[p]` is how many
 /// messages producer `p` sent (sequences `0..published[p]`), and `routed[p]` says whether
 /// producer `p`'s messages should reach this queue.
+#[cfg(test)]
 pub fn judge_queue(checkers: &[&Checker], published: &[u64], routed: &[bool]) -> Verdict {
+    judge_expiring_queue(checkers, published, routed, |_| false)
+}
+
+/// [`judge_queue`] for messages of which some expire on purpose: a sequence for which `expired`
+/// is true must not arrive (it counts in `expired_delivered` if it does) and is not lost if it
+/// does not.
+pub fn judge_expiring_queue(
+    checkers: &[&Checker],
+    published: &[u64],
+    routed: &[bool],
+    expired: impl Fn(u64) -> bool,
+) -> Verdict {
     let mut verdict = Verdict::default();
     for checker in checkers {
         verdict.malformed += checker.malformed;
@@ -218,8 +243,14 @@ pub fn judge_queue(checkers: &[&Checker], published: &[u64], routed: &[bool]) ->
         let distinct = union.len();
         let distinct_sent = union.len_below(sent);
         if routed.get(producer).copied().unwrap_or(false) {
-            verdict.expected += sent;
-            verdict.lost += sent - distinct_sent;
+            let (mut n_expired, mut n_expired_delivered) = (0, 0);
+            for seq in (0..sent).filter(|seq| expired(*seq)) {
+                n_expired += 1;
+                n_expired_delivered += u64::from(union.contains(seq));
+            }
+            verdict.expected += sent - n_expired;
+            verdict.lost += (sent - n_expired) - (distinct_sent - n_expired_delivered);
+            verdict.expired_delivered += n_expired_delivered;
             verdict.unexpected += distinct - distinct_sent;
         } else {
             verdict.unexpected += distinct;
@@ -309,6 +340,26 @@ mod tests {
         assert_eq!(v.unexpected, 2);
         assert_eq!(v.malformed, 1);
         assert_eq!(v.lost, 5);
+    }
+
+    #[test]
+    fn expired_messages_are_not_lost_and_must_not_arrive() {
+        let mut c = Checker::new(1);
+        // 1 and 4 expire (and do not arrive); of the others 0, 2 and 5 arrive, 3 is lost.
+        for seq in [0, 2, 5] {
+            c.record(stamp(0, seq));
+        }
+        let expired = |seq: u64| seq % 3 == 1;
+        let v = judge_expiring_queue(&[&c], &[6], &[true], expired);
+        assert_eq!(
+            (v.expected, v.lost, v.expired_delivered),
+            (4, 1, 0),
+            "{v:?}"
+        );
+        c.record(stamp(0, 1));
+        let v = judge_expiring_queue(&[&c], &[6], &[true], expired);
+        assert_eq!((v.lost, v.expired_delivered), (1, 1), "{v:?}");
+        assert!(!v.is_clean());
     }
 
     #[test]

@@ -84,6 +84,13 @@ pub struct Args {
     /// Binding key for every queue (default: the queue's name; empty for fanout).
     #[arg(long)]
     pub binding_key: Option<String>,
+    /// Per-message `expiration` property, as a cycle of milliseconds, `-` for none: with
+    /// `-,1000,600000` messages 0, 3, 6, ... of each producer never expire, 1, 4, ... get
+    /// 1000 ms, 2, 5, ... 600000 ms. In backlog mode, entries up to --settle (in ms) are expected
+    /// to expire before the drain (they must not arrive, and are not counted lost); the others
+    /// are expected to arrive, so make them far longer than the run.
+    #[arg(long, value_name = "MS,MS,...", allow_hyphen_values = true)]
+    pub expiration: Option<String>,
     /// Queue argument NAME=VALUE (integers and true/false are typed); repeatable.
     #[arg(long = "queue-arg", value_name = "NAME=VALUE")]
     pub queue_args: Vec<String>,
@@ -147,7 +154,43 @@ pub fn parse_queue_arg(s: &str) -> Result<(String, Arg), String> {
     Ok((name.to_string(), value))
 }
 
+/// Parses `--expiration`: comma-separated milliseconds, `-` for no expiration.
+pub fn parse_expirations(s: &str) -> Result<Vec<Option<u32>>, String> {
+    s.split(',')
+        .map(|entry| match entry.trim() {
+            "-" => Ok(None),
+            ms => ms
+                .parse::<u32>()
+                .map(Some)
+                .map_err(|_| format!("--expiration: {ms:?} is not a number of ms or -")),
+        })
+        .collect()
+}
+
 impl Args {
+    /// The `--expiration` cycle (empty when not given).
+    pub fn expirations(&self) -> Vec<Option<u32>> {
+        self.expiration
+            .as_deref()
+            .and_then(|s| parse_expirations(s).ok())
+            .unwrap_or_default()
+    }
+
+    /// For each entry of the `--expiration` cycle, whether its messages are expected to expire
+    /// before the drain (backlog mode, at most --settle); empty when none are.
+    pub fn expiring_cycle(&self) -> Vec<bool> {
+        let settle_ms = self.settle * 1000.0;
+        let cycle: Vec<bool> = self
+            .expirations()
+            .iter()
+            .map(|e| e.is_some_and(|ms| f64::from(ms) <= settle_ms))
+            .collect();
+        if self.mode != Mode::Backlog || !cycle.contains(&true) {
+            return Vec::new();
+        }
+        cycle
+    }
+
     /// Checks what clap cannot, and returns the typed queue arguments.
     pub fn validate(&self) -> Result<Table, String> {
         if self.size < crate::check::STAMP_LEN {
@@ -182,6 +225,16 @@ impl Args {
         {
             return Err("rates and durations must be non-negative".into());
         }
+        if let Some(expiration) = &self.expiration {
+            parse_expirations(expiration)?;
+            if self.mode == Mode::Backlog && self.confirm == 0 {
+                return Err(
+                    "--expiration in backlog mode needs --confirm: the fill is over \
+                            when every message is confirmed (expiring ones never all show up)"
+                        .into(),
+                );
+            }
+        }
         self.queue_args.iter().map(|a| parse_queue_arg(a)).collect()
     }
 }
@@ -205,6 +258,36 @@ mod tests {
             Ok(("x-single-active-consumer".into(), Arg::Bool(true)))
         );
         assert!(parse_queue_arg("novalue").is_err());
+    }
+
+    #[test]
+    fn expirations_parse_and_say_what_expires_before_the_drain() {
+        assert_eq!(
+            parse_expirations("-,1000,600000"),
+            Ok(vec![None, Some(1000), Some(600_000)])
+        );
+        assert!(parse_expirations("-,soon").is_err());
+        let args = Args::parse_from([
+            "warren-loadgen",
+            "--mode",
+            "backlog",
+            "--confirm",
+            "100",
+            "--settle",
+            "3",
+            "--expiration",
+            "-,1000,600000",
+        ]);
+        assert!(args.validate().is_ok());
+        assert_eq!(args.expiring_cycle(), [false, true, false]);
+        let unconfirmed = Args::parse_from([
+            "warren-loadgen",
+            "--mode",
+            "backlog",
+            "--expiration",
+            "1000",
+        ]);
+        assert!(unconfirmed.validate().is_err());
     }
 
     #[test]

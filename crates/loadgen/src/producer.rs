@@ -28,6 +28,9 @@ pub struct ProducerConfig {
     pub headers: Option<Table>,
     pub size: usize,
     pub persistent: bool,
+    /// Per-message `expiration` in ms (`None`: no expiration), message `seq` taking entry
+    /// `seq % len`; empty = none at all.
+    pub expirations: Vec<Option<u32>>,
     /// Messages in flight without a confirm; 0 = confirms off.
     pub confirm_window: u64,
     /// Messages per second; 0 = unlimited.
@@ -59,7 +62,8 @@ pub struct ProducerResult {
 /// The frames that are the same for every message: publish method, content header, and the
 /// body frame's 7-byte header when the body fits in one frame.
 struct Template {
-    prefix: Bytes,
+    /// One per entry of `ProducerConfig::expirations` (at least one).
+    prefixes: Vec<Bytes>,
     single_frame: bool,
     padding: Vec<u8>,
     frame_max: u32,
@@ -67,27 +71,39 @@ struct Template {
 
 impl Template {
     fn new(config: &ProducerConfig, frame_max: u32) -> Template {
-        let mut prefix = BytesMut::new();
-        let publish = Out::BasicPublish {
-            exchange: &config.exchange,
-            routing_key: &config.routing_key,
-        };
-        wire::put_method(&mut prefix, CHANNEL, &publish);
-        wire::put_header(
-            &mut prefix,
-            CHANNEL,
-            config.size as u64,
-            config.persistent,
-            config.headers.as_ref(),
-        );
         let single_frame = config.size + 8 <= frame_max as usize;
-        if single_frame {
-            prefix.put_u8(3);
-            prefix.put_u16(CHANNEL);
-            prefix.put_u32(config.size as u32);
-        }
+        let expirations = if config.expirations.is_empty() {
+            &[None][..]
+        } else {
+            &config.expirations[..]
+        };
+        let prefixes = expirations
+            .iter()
+            .map(|expiration| {
+                let mut prefix = BytesMut::new();
+                let publish = Out::BasicPublish {
+                    exchange: &config.exchange,
+                    routing_key: &config.routing_key,
+                };
+                wire::put_method(&mut prefix, CHANNEL, &publish);
+                wire::put_header(
+                    &mut prefix,
+                    CHANNEL,
+                    config.size as u64,
+                    config.persistent,
+                    config.headers.as_ref(),
+                    *expiration,
+                );
+                if single_frame {
+                    prefix.put_u8(3);
+                    prefix.put_u16(CHANNEL);
+                    prefix.put_u32(config.size as u32);
+                }
+                prefix.freeze()
+            })
+            .collect();
         Template {
-            prefix: prefix.freeze(),
+            prefixes,
             single_frame,
             padding: vec![0u8; config.size.saturating_sub(STAMP_LEN)],
             frame_max,
@@ -98,13 +114,17 @@ impl Template {
     fn put(&self, buf: &mut BytesMut, stamp: Stamp) {
         let mut front = [0u8; STAMP_LEN];
         stamp.write(&mut front);
+        let prefix = self
+            .prefixes
+            .get(stamp.seq as usize % self.prefixes.len().max(1))
+            .map_or(&b""[..], |p| &p[..]);
         if self.single_frame {
-            buf.put_slice(&self.prefix);
+            buf.put_slice(prefix);
             buf.put_slice(&front);
             buf.put_slice(&self.padding);
             buf.put_u8(0xCE);
         } else {
-            buf.put_slice(&self.prefix);
+            buf.put_slice(prefix);
             let mut body = Vec::with_capacity(STAMP_LEN + self.padding.len());
             body.extend_from_slice(&front);
             body.extend_from_slice(&self.padding);
@@ -275,6 +295,7 @@ mod tests {
             headers: None,
             size,
             persistent: true,
+            expirations: Vec::new(),
             confirm_window: 0,
             rate: 0.0,
             count: 0,
@@ -330,6 +351,32 @@ mod tests {
                 sent_nanos: 99
             })
         );
+    }
+
+    #[test]
+    fn expirations_cycle_by_sequence() {
+        let mut config = config(16);
+        config.expirations = vec![None, Some(500), Some(60_000)];
+        let template = Template::new(&config, 4096);
+        let expiration_of = |seq: u32| {
+            let mut buf = BytesMut::new();
+            let stamp = Stamp {
+                producer: 7,
+                seq,
+                sent_nanos: 0,
+            };
+            template.put(&mut buf, stamp);
+            match &decode_all(buf)[..] {
+                [_, codec::Frame::Header { header, .. }, _] => {
+                    header.properties.expiration.as_ref().map(|e| e.to_string())
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(expiration_of(0), None);
+        assert_eq!(expiration_of(1).as_deref(), Some("500"));
+        assert_eq!(expiration_of(5).as_deref(), Some("60000"));
+        assert_eq!(expiration_of(6), None);
     }
 
     #[test]

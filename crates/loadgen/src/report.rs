@@ -83,6 +83,9 @@ pub struct BacklogFigures {
     pub fill_s: f64,
     pub fill_rate: f64,
     pub rss_full_kib: Option<u64>,
+    /// Ready messages the broker reported after the fill and the settle time (fewer than
+    /// `messages` when some expired meanwhile and the broker took them out).
+    pub ready_after_settle: u64,
     pub drain_s: f64,
     pub drain_rate: f64,
 }

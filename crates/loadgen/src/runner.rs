@@ -8,7 +8,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::check::{Checker, Verdict, judge_queue};
+use crate::check::{Checker, Verdict, judge_expiring_queue};
 use crate::cli::{Args, Mode};
 use crate::client::{CHANNEL, ClientError, Conn, Endpoint};
 use crate::consumer::{self, ConsumerConfig, ConsumerResult};
@@ -130,6 +130,7 @@ fn start_producers(
                 headers: topology.message_headers(p),
                 size: args.size,
                 persistent: args.persistent,
+                expirations: args.expirations(),
                 confirm_window: args.confirm,
                 rate: args.rate,
                 count: counts.get(p).copied().unwrap_or(0),
@@ -295,7 +296,15 @@ async fn traffic(
         start.elapsed().as_secs_f64()
     };
     let published: Vec<u64> = results.iter().map(|r| r.published).collect();
-    let expected = expected_deliveries(&topology, &published, args.consumers);
+    // Messages that expire before the drain (backlog with --expiration) are not expected.
+    let expiring = args.expiring_cycle();
+    let expires =
+        |seq: u64| !expiring.is_empty() && expiring[(seq % expiring.len() as u64) as usize];
+    let arriving: Vec<u64> = published
+        .iter()
+        .map(|&n| n - (0..n).filter(|seq| expires(*seq)).count() as u64)
+        .collect();
+    let expected = expected_deliveries(&topology, &arriving, args.consumers);
     let drain_timeout = Duration::from_secs_f64(args.drain_timeout);
 
     let mut drain_start = start;
@@ -304,7 +313,9 @@ async fn traffic(
         let routed_total = expected_deliveries(&topology, &published, topology.queues.len());
         let mut last = 0;
         let mut last_change = Instant::now();
-        loop {
+        // With --expiration (which needs confirms) the confirms say the fill is complete: the
+        // count of ready messages may never reach the total, as some expire meanwhile.
+        while args.expiration.is_none() {
             let ready = topology.ready_messages(&mut setup).await?;
             if ready >= routed_total {
                 break;
@@ -323,11 +334,13 @@ async fn traffic(
         let fill_s = start.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
         let full = sample(broker);
+        let ready_after_settle = topology.ready_messages(&mut setup).await?;
         report.backlog = Some(BacklogFigures {
             messages: routed_total,
             fill_s,
             fill_rate: report::rate(routed_total, fill_s),
             rss_full_kib: full.map(|s| s.rss_kib),
+            ready_after_settle,
             drain_s: 0.0,
             drain_rate: 0.0,
         });
@@ -408,7 +421,12 @@ async fn traffic(
             .filter(|r| r.queue_index == q)
             .map(|r| &r.checker)
             .collect();
-        verdict.add(&judge_queue(&checkers, &published, &topology.routed_to(q)));
+        verdict.add(&judge_expiring_queue(
+            &checkers,
+            &published,
+            &topology.routed_to(q),
+            expires,
+        ));
     }
     report.check = verdict;
 

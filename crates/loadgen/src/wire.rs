@@ -366,10 +366,13 @@ pub fn put_header(
     body_size: u64,
     persistent: bool,
     headers: Option<&Table>,
+    expiration: Option<u32>,
 ) {
     let properties = codec::BasicProperties {
         headers: headers.map(field_table),
         delivery_mode: persistent.then_some(2),
+        expiration: expiration
+            .and_then(|ms| ShortString::from_bytes(Bytes::from(ms.to_string())).ok()),
         ..Default::default()
     };
     codec::frame::encode_basic_header_frame(channel, body_size, &properties, buf);
@@ -574,7 +577,7 @@ mod tests {
     #[test]
     fn partial_frames_wait_for_more_bytes() {
         let mut whole = BytesMut::new();
-        put_header(&mut whole, 3, 1000, true, None);
+        put_header(&mut whole, 3, 1000, true, None, None);
         put_body(&mut whole, 3, &[7u8; 1000], 300);
         let mut buf = BytesMut::new();
         let mut frames = Vec::new();
@@ -625,7 +628,7 @@ mod tests {
             routing_key: short("k"),
         };
         codec::frame::encode_method_frame(1, &deliver.into(), &mut buf);
-        put_header(&mut buf, 1, 40, true, None);
+        put_header(&mut buf, 1, 40, true, None, None);
         put_body(&mut buf, 1, &[9u8; 40], 4096);
         put_method(
             &mut buf,

@@ -410,7 +410,9 @@ impl QueueEntity {
                 message = Arc::new(copy);
             }
         }
+        // Load first: a swap on every publish would write the shared cache line.
         if message.expires_at_ms.is_some()
+            && !self.expiring.load(Ordering::Relaxed)
             && !self.expiring.swap(true, Ordering::Relaxed)
             && let Some(vhost) = self.sink.get().and_then(std::sync::Weak::upgrade)
         {
@@ -498,14 +500,15 @@ impl QueueEntity {
 
     /// Takes out every ready message whose deadline has passed, wherever it sits in the queue
     /// (RabbitMQ only expires at the head), through the store's expiry index: no scan, and
-    /// nothing to do until the soonest deadline. Dead-lettered soonest deadline first.
-    fn expire_locked(&self, inner: &mut QueueInner) {
+    /// nothing to do until the soonest deadline. Dead-lettered soonest deadline first. Returns
+    /// the time it used, or `None` when no message of the queue ever had a deadline.
+    fn expire_locked(&self, inner: &mut QueueInner) -> Option<u64> {
         if !self.expiring.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
         let now = now_ms();
         if inner.messages.next_expiry().is_none_or(|at| at > now) {
-            return;
+            return Some(now);
         }
         // A body paged out to disk is read back only to dead-letter it. (A quorum queue's
         // delivery count of an expired returned message stays until the queue goes: the index
@@ -518,23 +521,30 @@ impl QueueEntity {
                 self.died(inner, message, "expired");
             }
         }
+        Some(now)
     }
 
     /// Takes the next ready message for a consumer or `basic.get`, never an expired one: the
     /// index catches nearly all of them first, but a message recovered without its deadline in
     /// the index (one that was fanned out to several durable queues) is only known at the head.
-    fn take_next(&self, inner: &mut QueueInner, no_ack: bool) -> Option<Delivery> {
+    /// `now` is what `expire_locked` returned just before (one clock read per dispatch).
+    fn take_next(
+        &self,
+        inner: &mut QueueInner,
+        no_ack: bool,
+        now: Option<u64>,
+    ) -> Option<Delivery> {
         loop {
             let delivery = if no_ack {
                 inner.messages.pop_no_ack()
             } else {
                 inner.messages.pop()
             }?;
-            if delivery
-                .message
-                .expires_at_ms
-                .is_none_or(|at| at > now_ms())
-            {
+            let expired = match (delivery.message.expires_at_ms, now) {
+                (Some(at), Some(now)) => at <= now,
+                _ => false,
+            };
+            if !expired {
                 return Some(delivery);
             }
             if !no_ack {
@@ -612,7 +622,7 @@ impl QueueEntity {
     }
 
     fn dispatch_locked(self: &Arc<Self>, inner: &mut QueueInner) {
-        self.expire_locked(inner);
+        let now = self.expire_locked(inner);
         let n_consumers = inner.consumers.len();
         if n_consumers == 0 {
             return;
@@ -628,19 +638,12 @@ impl QueueEntity {
             let Some(idx) = choose_consumer(candidates, inner.next_consumer) else {
                 break;
             };
-            // A message that expired while waiting for credit must not be delivered.
-            self.expire_locked(inner);
-            if inner.messages.ready_count() == 0 {
-                if let Some(consumer) = inner.consumers.get(idx) {
-                    consumer.release_credit();
-                }
-                break;
-            }
             let Some(consumer) = inner.consumers.get(idx).cloned() else {
                 break;
             };
             inner.next_consumer = (idx + 1) % n_consumers;
-            let Some(delivery) = self.take_next(inner, consumer.no_ack) else {
+            // A message that expired while waiting for credit is not delivered.
+            let Some(delivery) = self.take_next(inner, consumer.no_ack, now) else {
                 consumer.release_credit();
                 break;
             };
@@ -662,16 +665,21 @@ impl QueueEntity {
         self.touch();
         let (result, dead) = {
             let mut inner = self.inner.lock();
-            self.expire_locked(&mut inner);
-            let result = self.get_locked(&mut inner, no_ack);
+            let now = self.expire_locked(&mut inner);
+            let result = self.get_locked(&mut inner, no_ack, now);
             (result, std::mem::take(&mut inner.dead))
         };
         self.dead_letter(dead);
         result
     }
 
-    fn get_locked(&self, inner: &mut QueueInner, no_ack: bool) -> Option<(Delivery, u32)> {
-        let delivery = self.take_next(inner, no_ack)?;
+    fn get_locked(
+        &self,
+        inner: &mut QueueInner,
+        no_ack: bool,
+        now: Option<u64>,
+    ) -> Option<(Delivery, u32)> {
+        let delivery = self.take_next(inner, no_ack, now)?;
         let delivery = self.counted(inner, delivery, no_ack, true);
         if no_ack {
             self.memory.sub(delivery.message.body.len());

@@ -128,6 +128,7 @@
 pub mod backend;
 mod definitions;
 mod error;
+mod expiry;
 mod journal;
 mod message;
 mod queue;

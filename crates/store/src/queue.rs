@@ -14,24 +14,26 @@
 //!   from `requeued` first. This map is empty unless consumers reject or channels close, so the
 //!   common path never touches it.
 //! - `unacked`: delivered messages waiting for an ack, in a hash map by offset.
-//! - `expiry`: a min-heap of `(deadline, offset)` for every ready message with a deadline
-//!   (its `expiration` property or the queue's TTL). [`Queue::expire`] takes the due ones out
-//!   wherever they sit: a requeued one leaves its map, a fresh one becomes a *tombstone* in place
-//!   (found by binary search, since `fresh` is sorted by offset), skipped when it reaches the front.
-//!   No operation scans the queue: an entry whose message was delivered first is dropped from the
-//!   heap when it is on top (usually as the message is popped), or when the heap is rebuilt from
-//!   its live entries once it holds more than twice as many entries as ready messages; tombstones
-//!   are swept out of `fresh` once they are half of it. Both are amortized O(log n) per message.
+//! - `expiry`: an index of `(deadline, offset)` for every ready message with a deadline (its
+//!   `expiration` property or the queue's TTL), soonest first: one FIFO run per TTL in use, plus
+//!   a heap for the rest (`expiry.rs`). [`Queue::expire`] takes the due ones out wherever they
+//!   sit: a requeued one leaves its map, a fresh one becomes a *tombstone* in place, skipped when
+//!   it reaches the front. It is found in O(1): offsets in `fresh` are consecutive until
+//!   tombstones are swept out (then a binary search). No operation scans the queue: an entry
+//!   whose message was delivered first is dropped from the index when it comes first (usually
+//!   as the message is popped), or when the index is rebuilt from its live entries once it holds
+//!   more than twice as many entries as ready messages; tombstones are swept out of `fresh` once
+//!   they are half of it. Both are amortized O(1) per message.
 //!
 //! Priority queues are several `Queue`s, one per level ([`Queue::into_levels`]); each level's
 //! offsets carry the level in their top byte ([`LEVEL_SHIFT`]), so on a durable queue the levels
 //! share one log id and recovery hands each message back to its level.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use crate::expiry::ExpiryIndex;
 use crate::journal::{Journal, Log, Recovered};
 use crate::message::Message;
 
@@ -170,9 +172,9 @@ pub struct Queue {
     page_scan_keep: usize,
     /// Where bodies without a durable record go under memory pressure; `None` without a store.
     spill: Option<Arc<Log>>,
-    /// `(deadline in ms since the epoch, offset)` of ready messages that expire, soonest on top;
+    /// `(deadline in ms since the epoch, offset)` of ready messages that expire, soonest first;
     /// may also hold entries of messages delivered since (dropped lazily, see the module doc).
-    expiry: BinaryHeap<Reverse<(u64, u64)>>,
+    expiry: ExpiryIndex,
     /// Entries of `fresh` that are tombstones (expired in place).
     tombstones: usize,
 }
@@ -237,7 +239,7 @@ impl Queue {
                 expired: false,
             });
             if let Some(deadline) = recovered.expires_at_ms {
-                queue.expiry.push(Reverse((deadline, recovered.offset)));
+                queue.expiry.push(deadline, recovered.offset);
             }
         }
         queue
@@ -297,7 +299,7 @@ impl Queue {
             expired: false,
         });
         if let Some(deadline) = expires_at_ms {
-            self.expiry.push(Reverse((deadline, offset)));
+            self.expiry.push(deadline, offset);
             if self.expiry.len() > 2 * self.ready_count() + EXPIRY_SLACK {
                 self.rebuild_expiry();
             }
@@ -366,7 +368,7 @@ impl Queue {
         self.ready_bytes += bytes;
         entry.redelivered = true;
         if let Some(deadline) = entry.message.expires_at_ms {
-            self.expiry.push(Reverse((deadline, offset)));
+            self.expiry.push(deadline, offset);
         }
         self.requeued.insert(offset, entry);
         true
@@ -389,7 +391,7 @@ impl Queue {
         };
         self.ready_bytes += delivery.message.body_len();
         if let Some(deadline) = delivery.message.expires_at_ms {
-            self.expiry.push(Reverse((deadline, delivery.offset)));
+            self.expiry.push(deadline, delivery.offset);
         }
         // A popped offset is below every message still in `fresh`, so it belongs in `requeued`.
         self.requeued.insert(
@@ -470,7 +472,7 @@ impl Queue {
     /// The soonest deadline (ms since the Unix epoch) of a ready message, if any expires. It may
     /// be the deadline of a message delivered meanwhile: then [`Queue::expire`] finds nothing.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.expiry.peek().map(|Reverse((deadline, _))| *deadline)
+        self.expiry.peek().map(|(deadline, _)| deadline)
     }
 
     /// Takes out every ready message whose deadline is at or before `now_ms`, wherever it is in
@@ -481,7 +483,7 @@ impl Queue {
     /// message taken out, and O(1) when nothing is due.
     pub fn expire(&mut self, now_ms: u64, read_back: bool) -> Vec<Expired> {
         let mut expired = Vec::new();
-        while let Some(&Reverse((deadline, offset))) = self.expiry.peek() {
+        while let Some((deadline, offset)) = self.expiry.peek() {
             if deadline > now_ms {
                 break;
             }
@@ -497,7 +499,7 @@ impl Queue {
                     body_len: entry.message.body_len(),
                     message: Some(entry.message),
                 });
-            } else if let Ok(index) = self.fresh.binary_search_by_key(&offset, |r| r.offset)
+            } else if let Some(index) = self.fresh_index(offset)
                 && let Some(taken) = self.tombstone(index, read_back)
             {
                 expired.push(taken);
@@ -573,24 +575,48 @@ impl Queue {
         }
     }
 
+    /// Where `offset` is in `fresh`. Offsets in `fresh` are consecutive until tombstones are
+    /// swept out or a recovery left gaps, so the first guess is O(1); else a binary search
+    /// (gaps only move an entry towards the front, so the guess bounds it).
+    fn fresh_index(&self, offset: u64) -> Option<usize> {
+        let front = self.fresh.front()?.offset;
+        let guess = usize::try_from(offset.checked_sub(front)?).ok()?;
+        if self
+            .fresh
+            .get(guess)
+            .is_some_and(|ready| ready.offset == offset)
+        {
+            return Some(guess);
+        }
+        let upto = guess.min(self.fresh.len());
+        let (first, second) = self.fresh.as_slices();
+        let first = first.get(..upto.min(first.len())).unwrap_or_default();
+        let second = second
+            .get(..(upto - first.len()).min(second.len()))
+            .unwrap_or_default();
+        if let Ok(index) = first.binary_search_by_key(&offset, |ready| ready.offset) {
+            return Some(index);
+        }
+        second
+            .binary_search_by_key(&offset, |ready| ready.offset)
+            .ok()
+            .map(|index| first.len() + index)
+    }
+
     /// Whether `offset` is a ready message (not delivered, not expired).
     fn is_ready(&self, offset: u64) -> bool {
         self.requeued.contains_key(&offset)
             || self
-                .fresh
-                .binary_search_by_key(&offset, |ready| ready.offset)
-                .is_ok_and(|index| self.fresh.get(index).is_some_and(|ready| !ready.expired))
+                .fresh_index(offset)
+                .is_some_and(|index| self.fresh.get(index).is_some_and(|ready| !ready.expired))
     }
 
-    /// Keeps only the expiry entries of messages still ready (amortized: called when the heap
+    /// Keeps only the expiry entries of messages still ready (amortized: called when the index
     /// holds more than twice as many entries as there are ready messages).
     fn rebuild_expiry(&mut self) {
-        let entries = std::mem::take(&mut self.expiry).into_vec();
-        let live: Vec<_> = entries
-            .into_iter()
-            .filter(|Reverse((_, offset))| self.is_ready(*offset))
-            .collect();
-        self.expiry = BinaryHeap::from(live);
+        let mut expiry = std::mem::take(&mut self.expiry);
+        expiry.retain(|(_, offset)| self.is_ready(offset));
+        self.expiry = expiry;
     }
 
     /// Splits the queue into `count` priority levels (at least one): level `L` takes the
@@ -646,9 +672,9 @@ impl Queue {
                 level.unacked.insert(offset, entry);
             }
         }
-        for Reverse((deadline, offset)) in std::mem::take(&mut self.expiry) {
+        for (deadline, offset) in self.expiry.drain() {
             if let Some(level) = levels.get_mut(level_of(offset)) {
-                level.expiry.push(Reverse((deadline, offset)));
+                level.expiry.push(deadline, offset);
             }
         }
         // Everything moved out; nothing is left for `Drop` to release.
@@ -678,7 +704,9 @@ impl Queue {
             joined.fresh.extend(std::mem::take(&mut level.fresh));
             joined.requeued.append(&mut level.requeued);
             joined.unacked.extend(std::mem::take(&mut level.unacked));
-            joined.expiry.extend(std::mem::take(&mut level.expiry));
+            for (deadline, offset) in level.expiry.drain() {
+                joined.expiry.push(deadline, offset);
+            }
             // Its spilled bodies now belong to `joined`.
             level.spill = None;
         }
@@ -947,10 +975,8 @@ impl Queue {
     /// heap (the common case of a FIFO queue with one TTL), so the heap stays small.
     fn take_first_ready(&mut self) -> Option<Entry> {
         let entry = self.take_first_ready_entry()?;
-        if let Some(deadline) = entry.message.expires_at_ms
-            && self.expiry.peek() == Some(&Reverse((deadline, entry.offset)))
-        {
-            self.expiry.pop();
+        if let Some(deadline) = entry.message.expires_at_ms {
+            self.expiry.remove_if_first((deadline, entry.offset));
         }
         self.trim_tombstones();
         Some(entry)
@@ -1272,7 +1298,15 @@ mod tests {
             "{}",
             queue.fresh.len()
         );
+        // Offsets now have a gap: later ones are found by binary search.
+        for _ in 0..3 {
+            queue.push(expiring(20));
+        }
+        queue.push(message("tail"));
+        assert_eq!(queue.expire(20, false).len(), 3);
+        assert_eq!(queue.ready_count(), 2);
         assert_eq!(body(&queue.pop().unwrap()), b"head");
+        assert_eq!(body(&queue.pop().unwrap()), b"tail");
         assert!(queue.pop().is_none());
         assert_eq!(queue.tombstones, 0);
     }
