@@ -138,6 +138,9 @@ pub(crate) type OffsetMap<V> = HashMap<u64, V, BuildHasherDefault<OffsetHasher>>
 /// buffer (which keeps its capacity) stays small.
 const SPILL_CHUNK: usize = 4 << 20;
 
+/// A pop that finds its message paged out reads this many paged-out bodies back at once.
+const READ_AHEAD: usize = 64;
+
 /// The index of ready messages is shrunk when it is this many entries long and a quarter full.
 const SHRINK_ABOVE: usize = 4096;
 
@@ -974,6 +977,17 @@ impl Queue {
     /// Takes the first ready message out; its expiry entry goes too when it is on top of the
     /// heap (the common case of a FIFO queue with one TTL), so the heap stays small.
     fn take_first_ready(&mut self) -> Option<Entry> {
+        if self.requeued.is_empty()
+            && self.paged > 0
+            && self
+                .fresh
+                .front()
+                .is_some_and(|ready| ready.message.is_none() && !ready.expired)
+        {
+            // The broker's pager did not read this far ahead: read the next few in one go
+            // rather than one `pread` per delivery.
+            self.page_in_upto(READ_AHEAD, READ_AHEAD);
+        }
         let entry = self.take_first_ready_entry()?;
         if let Some(deadline) = entry.message.expires_at_ms {
             self.expiry.remove_if_first((deadline, entry.offset));
