@@ -1,6 +1,7 @@
-//! Disk trouble through the broker: a full disk under the store (a fault-injecting backend)
-//! nacks the confirms it may have lost, blocks publishers, keeps consumers served, and recovers
-//! when space returns; free space below `disk_free_limit` raises the disk alarm as RabbitMQ does.
+//! Disk trouble through the broker: a full disk (ENOSPC) or failing fsyncs (EIO) under the store
+//! (a fault-injecting backend) nack the confirms they may have lost, block publishers, keep
+//! consumers served, and the broker recovers when the disk works again; free space below
+//! `disk_free_limit` raises the disk alarm as RabbitMQ does; a data folder has one broker.
 
 // Helpers outside #[test] functions unwrap too: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -103,6 +104,17 @@ async fn assert_stalled(channel: &Channel) -> impl std::future::Future<Output = 
 // Multi-threaded, as the binary runs: the store's syncs run on their own thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_nacks_confirms_blocks_publishers_serves_consumers_and_recovers() {
+    write_failure_then_recovery(MemBackend::set_disk_full).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fsync_io_error_nacks_confirms_blocks_publishers_serves_consumers_and_recovers() {
+    write_failure_then_recovery(MemBackend::set_sync_fails).await;
+}
+
+/// The disk fails under the store (`fault(backend, true)`: ENOSPC on writes and syncs, or EIO
+/// on syncs), then works again (`fault(backend, false)`).
+async fn write_failure_then_recovery(fault: fn(&MemBackend, bool)) {
     let dir = tempfile::tempdir().unwrap();
     let backend = MemBackend::new();
     let broker = TestBroker::start_with(config_on(&backend, dir.path())).await;
@@ -131,7 +143,7 @@ async fn a_full_disk_nacks_confirms_blocks_publishers_serves_consumers_and_recov
 
     // The disk fills up: the write of the next persistent message fails, so its confirm is a
     // nack, and the publisher is blocked, as below the free-disk limit.
-    backend.set_disk_full(true);
+    fault(&backend, true);
     let while_full = within(5, publish(&publisher, "while full").await)
         .await
         .unwrap();
@@ -161,7 +173,7 @@ async fn a_full_disk_nacks_confirms_blocks_publishers_serves_consumers_and_recov
 
     // Space returns: the next sync writes what waited in memory, the alarm clears, and the
     // publisher is unblocked and confirmed again.
-    backend.set_disk_full(false);
+    fault(&backend, false);
     assert_eq!(next_block_event(&mut events).await, None);
     assert!(!broker.broker.disk_alarm());
     assert_eq!(within(5, stalled).await, 0);

@@ -213,6 +213,8 @@ struct MemFile {
 struct Faults {
     /// Writes and syncs fail with "no space left" (a write may land partly first).
     disk_full: bool,
+    /// File syncs fail with EIO (a failing device): writes land, but never become durable.
+    sync_eio: bool,
     /// Every file sync sleeps this long first, as a real disk takes time to flush.
     sync_delay: std::time::Duration,
     /// File syncs that succeeded, over all files.
@@ -278,6 +280,10 @@ impl FileHandle for MemFile {
             if faults.disk_full {
                 return Err(disk_full_error());
             }
+            if faults.sync_eio {
+                // EIO, as Linux reports a device error at fsync.
+                return Err(io::Error::from_raw_os_error(5));
+            }
             faults.syncs += 1;
         }
         let mut file = self.data.lock();
@@ -335,6 +341,12 @@ impl MemBackend {
     /// Makes every write and sync fail as on a full disk (`true`), or work again (`false`).
     pub fn set_disk_full(&self, full: bool) {
         self.faults.lock().disk_full = full;
+    }
+
+    /// Makes every file sync fail with an I/O error (EIO), as a failing device does (`true`),
+    /// or work again (`false`). Writes still succeed: only durability is refused.
+    pub fn set_sync_fails(&self, fails: bool) {
+        self.faults.lock().sync_eio = fails;
     }
 
     /// Makes every file sync take `delay` (a slow disk), so that concurrent callers overlap.
@@ -533,15 +545,22 @@ mod tests {
     }
 
     #[test]
-    fn disk_full_fails_writes_and_syncs() {
+    fn disk_full_fails_writes_and_syncs_and_eio_fails_syncs() {
         let backend = MemBackend::new();
         let file = backend.open("f", true).unwrap();
+        backend.sync_dir().unwrap();
         backend.set_disk_full(true);
         assert!(file.write_all_at(b"abcd", 0).is_err());
         assert!(file.sync_data().is_err());
         backend.set_disk_full(false);
         file.write_all_at(b"abcd", 0).unwrap();
         file.sync_data().unwrap();
+        backend.set_sync_fails(true);
+        file.write_all_at(b"efgh", 4).unwrap();
+        let eio = file.sync_data().unwrap_err();
+        assert_eq!(eio.raw_os_error(), Some(5));
+        backend.crash(CrashMode::LoseUnsynced);
+        assert_eq!(backend.read_file("f").unwrap(), b"abcd");
     }
 
     #[test]
