@@ -2,7 +2,7 @@
 //! publishers while a consumer acks some, is killed with SIGKILL at a random moment, and is
 //! restarted on the same data folder; every confirmed message must come back exactly once
 //! (flagged redelivered if it was delivered before) and certainly-acked messages never do.
-//! A confirm that does not arrive within 3 s while the broker runs fails the test too.
+//! A confirm that does not arrive within 10 s while the broker runs fails the test too.
 //!
 //! `WARREN_CRASH_ROUNDS` (default 20) sets the number of kills, `WARREN_CRASH_SEED` replays a
 //! run (the seed is printed at start; the kill delays and ack choices follow it, the exact
@@ -37,9 +37,9 @@ const BATCH: usize = 10;
 /// Bounds one round's backlog (and so the time the next recovery and inspection take).
 const MAX_PER_PUBLISHER: u64 = 600;
 /// Generous bound for anything the broker must answer; hitting it fails the test.
-const PATIENCE: Duration = Duration::from_secs(20);
+const PATIENCE: Duration = Duration::from_secs(30);
 /// How long a confirm may take before it counts as stalled: a failure of the test.
-const STALL: Duration = Duration::from_secs(3);
+const STALL: Duration = Duration::from_secs(10);
 
 /// A running `warren` process; dropping it (also when a test panics) kills it.
 struct Broker {
