@@ -223,6 +223,30 @@ impl FieldTable {
 }
 
 impl FieldValue {
+    /// RabbitMQ's name for this value's type, as it appears in its reply texts
+    /// (`unsignedbyte`, `longstr`, ...).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FieldValue::Bool(_) => "bool",
+            FieldValue::I8(_) => "byte",
+            FieldValue::U8(_) => "unsignedbyte",
+            FieldValue::I16(_) => "short",
+            FieldValue::U16(_) => "unsignedshort",
+            FieldValue::I32(_) => "signedint",
+            FieldValue::U32(_) => "unsignedint",
+            FieldValue::I64(_) => "long",
+            FieldValue::F32(_) => "float",
+            FieldValue::F64(_) => "double",
+            FieldValue::Decimal { .. } => "decimal",
+            FieldValue::LongString(_) => "longstr",
+            FieldValue::Array(_) => "array",
+            FieldValue::Timestamp(_) => "timestamp",
+            FieldValue::Table(_) => "table",
+            FieldValue::Void => "void",
+            FieldValue::ByteArray(_) => "binary",
+        }
+    }
+
     /// The RabbitMQ type letter of this value.
     pub fn type_letter(&self) -> u8 {
         match self {

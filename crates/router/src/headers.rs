@@ -55,7 +55,7 @@ impl XMatch {
             Some(other) => Err(RouterError::PreconditionFailed {
                 text: format!(
                     "Invalid x-match field type {} (value {}); expected longstr",
-                    erlang_type_name(other),
+                    other.type_name(),
                     erlang_value_text(other)
                 ),
             }),
@@ -68,29 +68,6 @@ impl XMatch {
 
     fn is_all(self) -> bool {
         matches!(self, XMatch::All | XMatch::AllWithX)
-    }
-}
-
-/// RabbitMQ's name for a field type, as it appears in its error texts.
-pub(crate) fn erlang_type_name(value: &FieldValue) -> &'static str {
-    match value {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) => "long",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::Decimal { .. } => "decimal",
-        FieldValue::LongString(_) => "longstr",
-        FieldValue::Array(_) => "array",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Table(_) => "table",
-        FieldValue::Void => "void",
-        FieldValue::ByteArray(_) => "binary",
     }
 }
 

@@ -27,7 +27,7 @@ use crate::direct::DirectRoutes;
 use crate::error::RouterError;
 use crate::exchange::{ALTERNATE_EXCHANGE, ExchangeDef, ExchangeKind};
 use crate::fanout::FanoutRoutes;
-use crate::headers::{HeadersRoutes, XMatch, erlang_type_name, sorted_arguments};
+use crate::headers::{HeadersRoutes, XMatch, sorted_arguments};
 use crate::route::{RouteBuf, RouteOutcome};
 use crate::topic::TopicRoutes;
 
@@ -407,7 +407,7 @@ impl<Q: Clone> Topology<Q> {
                 return Err(RouterError::PreconditionFailed {
                     text: format!(
                         "invalid type '{}' for arg 'alternate-exchange' in exchange '{}' in vhost '{}'",
-                        erlang_type_name(other),
+                        other.type_name(),
                         def.name,
                         self.vhost
                     ),

@@ -170,7 +170,7 @@ pub fn check_declare(declare: &Declared<'_>) -> Result<QueueType, AmqpError> {
     {
         return Err(ChannelError::precondition_failed(format!(
             "invalid type '{}' for arg 'x-dead-letter-exchange' in {}",
-            type_name(value),
+            value.type_name(),
             declare.resource()
         ))
         .into());
@@ -342,7 +342,7 @@ fn non_negative(value: &FieldValue) -> Result<i64, String> {
     let Some(n) = integer(value) else {
         return Err(erlang_string(&format!(
             "expected integer, got {}",
-            type_name(value)
+            value.type_name()
         )));
     };
     if n < 0 {
@@ -369,7 +369,7 @@ fn one_of(value: &FieldValue, allowed: &[&str], error: &str) -> Result<(), Strin
 }
 
 fn unacceptable(value: &FieldValue) -> String {
-    format!("{{unacceptable_type,{}}}", type_name(value))
+    format!("{{unacceptable_type,{}}}", value.type_name())
 }
 
 fn is_string(value: &FieldValue) -> bool {
@@ -439,7 +439,11 @@ fn quoted(value: &FieldValue) -> String {
 fn described(value: Option<&FieldValue>) -> String {
     match value {
         None => "none".to_owned(),
-        Some(v) => format!("the value '{}' of type '{}'", erlang_value(v), type_name(v)),
+        Some(v) => format!(
+            "the value '{}' of type '{}'",
+            erlang_value(v),
+            v.type_name()
+        ),
     }
 }
 
@@ -481,7 +485,7 @@ pub fn check_consume(
             "x-priority",
             format!(
                 ": {}",
-                erlang_string(&format!("expected integer, got {}", type_name(value)))
+                erlang_string(&format!("expected integer, got {}", value.type_name()))
             ),
         ));
     }
@@ -597,29 +601,6 @@ fn float(value: &FieldValue) -> Option<f64> {
     }
 }
 
-/// RabbitMQ's names for field types, as they appear in reply texts.
-pub fn type_name(value: &FieldValue) -> &'static str {
-    match value {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) => "long",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::Decimal { .. } => "decimal",
-        FieldValue::LongString(_) => "longstr",
-        FieldValue::Array(_) => "array",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Table(_) => "table",
-        FieldValue::Void => "void",
-        FieldValue::ByteArray(_) => "binary",
-    }
-}
-
 /// A string as Erlang's `~p` prints a character list: in double quotes, `"` and `\` escaped.
 fn erlang_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -659,7 +640,7 @@ fn erlang_term(value: &FieldValue) -> String {
         FieldValue::Array(items) => {
             let items: Vec<String> = items
                 .iter()
-                .map(|v| format!("{{{},{}}}", type_name(v), erlang_term(v)))
+                .map(|v| format!("{{{},{}}}", v.type_name(), erlang_term(v)))
                 .collect();
             format!("[{}]", items.join(","))
         }
@@ -670,7 +651,7 @@ fn erlang_term(value: &FieldValue) -> String {
                     format!(
                         "{{{},{},{}}}",
                         erlang_binary(k.as_bytes()),
-                        type_name(v),
+                        v.type_name(),
                         erlang_term(v)
                     )
                 })
