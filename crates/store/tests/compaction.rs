@@ -4,38 +4,12 @@
 // Helpers here are test code too: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 
-use bytes::Bytes;
-use warren_codec::ShortString;
-use warren_store::{
-    CrashMode, MemBackend, Message, Queue, QueueDef, Recovery, Store, StoreOptions,
-};
-
-fn name(text: &str) -> ShortString {
-    ShortString::try_from(text).unwrap()
-}
-
-fn queue_def(queue: &str) -> QueueDef {
-    QueueDef {
-        vhost: name("/"),
-        name: name(queue),
-        auto_delete: false,
-        arguments: Bytes::new(),
-    }
-}
-
-fn message(body: &str) -> Arc<Message> {
-    Arc::new(
-        Message::new(
-            name("amq.direct"),
-            name("key"),
-            Bytes::from_static(b"\x10\x00\x02"),
-            Bytes::copy_from_slice(body.as_bytes()),
-        )
-        .with_persistent(true),
-    )
-}
+use support::{bodies, drain, message, queue_def, take_queue};
+use warren_store::{CrashMode, MemBackend, Queue, Recovery, Store, StoreOptions};
 
 /// 4 KiB segments, compaction below half live, one segment per step.
 fn options(compact_below: u8) -> StoreOptions {
@@ -49,36 +23,11 @@ fn open(backend: &MemBackend, compact_below: u8) -> (Store, Recovery) {
     Store::open_with(Arc::new(backend.clone()), options(compact_below)).unwrap()
 }
 
-fn take_queue(recovery: &mut Recovery, queue: &str) -> Queue {
-    let index = recovery
-        .queues
-        .iter()
-        .position(|(def, _)| def.name.as_bytes() == queue.as_bytes())
-        .unwrap();
-    recovery.queues.remove(index).1
-}
-
-/// Pops everything ready: (body, redelivered).
-fn drain(queue: &mut Queue) -> Vec<(String, bool)> {
-    std::iter::from_fn(|| queue.pop())
-        .map(|delivery| {
-            (
-                String::from_utf8(delivery.message.body.to_vec()).unwrap(),
-                delivery.redelivered,
-            )
-        })
-        .collect()
-}
-
-fn bodies(list: &[(String, bool)]) -> Vec<&str> {
-    list.iter().map(|(body, _)| body.as_str()).collect()
-}
-
 /// Pushes `count` filler messages of about 300 bytes and acks them all (other ready messages
 /// are delivered and requeued).
 fn churn(queue: &mut Queue, tag: &str, count: usize) {
     for n in 0..count {
-        queue.push(message(&format!("{tag}-{n}-{}", "f".repeat(300))));
+        queue.push(message(&format!("{tag}-{n}-{}", "f".repeat(300)), true));
     }
     let mut others = Vec::new();
     while let Some(delivery) = queue.pop() {
@@ -108,7 +57,7 @@ fn one_long_lived_message_no_longer_pins_its_segment() {
         let backend = MemBackend::new();
         let (store, _) = open(&backend, compact_below);
         let mut queue = store.declare_queue(&queue_def("q")).unwrap();
-        queue.push(message("long-lived"));
+        queue.push(message("long-lived", true));
         churn(&mut queue, "a", 200);
         for _ in 0..10 {
             store.sync().unwrap();
@@ -145,11 +94,11 @@ fn scenario(backend: &MemBackend) -> Scenario {
     let (store, _) = open(backend, 50);
     let mut a = store.declare_queue(&queue_def("a")).unwrap();
     let mut b = store.declare_queue(&queue_def("b")).unwrap();
-    a.push(message("long-lived"));
-    let fanout = message("fanout");
+    a.push(message("long-lived", true));
+    let fanout = message("fanout", true);
     a.push(Arc::clone(&fanout));
     b.push(fanout);
-    a.push(message("delivered"));
+    a.push(message("delivered", true));
     // Take the first three: ack the fanout's copy in `a`, keep the others unacked.
     let long_lived = a.pop().unwrap();
     let fanout_in_a = a.pop().unwrap();
@@ -265,7 +214,7 @@ fn three_paged_out_in_a_sparse_segment(backend: &MemBackend) -> (Store, Queue) {
     let (store, _) = open(backend, 50);
     let mut queue = store.declare_queue(&queue_def("q")).unwrap();
     for n in 0..3 {
-        queue.push(message(&format!("kept-{n}")));
+        queue.push(message(&format!("kept-{n}"), true));
     }
     churn(&mut queue, "x", 40);
     drop(queue);

@@ -4,41 +4,18 @@
 // Helpers here are test code too: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use warren_codec::ShortString;
+use support::{bodies, drain, message, name, queue_def, take_queue};
 use warren_store::{
-    BindingDef, CrashMode, DestinationKind, ExchangeDef, MemBackend, Message, Queue, QueueDef,
-    Recovery, Store, StoreError, StoreOptions,
+    BindingDef, CrashMode, DestinationKind, ExchangeDef, MemBackend, Message, Queue, Recovery,
+    Store, StoreError, StoreOptions,
 };
-
-fn name(text: &str) -> ShortString {
-    ShortString::try_from(text).unwrap()
-}
-
-fn queue_def(queue: &str) -> QueueDef {
-    QueueDef {
-        vhost: name("/"),
-        name: name(queue),
-        auto_delete: false,
-        arguments: Bytes::new(),
-    }
-}
-
-fn message(body: &str, persistent: bool) -> Arc<Message> {
-    Arc::new(
-        Message::new(
-            name("amq.direct"),
-            name("key"),
-            Bytes::from_static(b"\x10\x00\x02"),
-            Bytes::copy_from_slice(body.as_bytes()),
-        )
-        .with_persistent(persistent),
-    )
-}
 
 fn small_segments() -> StoreOptions {
     StoreOptions::default().with_segment_size(4096)
@@ -46,32 +23,6 @@ fn small_segments() -> StoreOptions {
 
 fn open(backend: &MemBackend) -> (Store, Recovery) {
     Store::open_with(Arc::new(backend.clone()), small_segments()).unwrap()
-}
-
-/// Takes the named queue out of a recovery.
-fn take_queue(recovery: &mut Recovery, queue: &str) -> Queue {
-    let index = recovery
-        .queues
-        .iter()
-        .position(|(def, _)| def.name.as_bytes() == queue.as_bytes())
-        .unwrap();
-    recovery.queues.remove(index).1
-}
-
-/// Pops everything ready: (body, redelivered).
-fn drain(queue: &mut Queue) -> Vec<(String, bool)> {
-    std::iter::from_fn(|| queue.pop())
-        .map(|delivery| {
-            (
-                String::from_utf8(delivery.message.body.to_vec()).unwrap(),
-                delivery.redelivered,
-            )
-        })
-        .collect()
-}
-
-fn bodies(list: &[(String, bool)]) -> Vec<&str> {
-    list.iter().map(|(body, _)| body.as_str()).collect()
 }
 
 #[test]
